@@ -1,0 +1,78 @@
+"""Numerical gradients by centered differences, and the relative error used to compare them.
+
+    df/dx_i ~= (f(x + h e_i) - f(x - h e_i)) / (2 h)        error O(h^2)
+
+Run in float64: with h = 1e-5 the truncation error (~h^2) and the rounding error (~eps/h) are
+both around 1e-10, far below the 1e-6 bound the tests assert.
+
+>>> x = np.array([1.0, 2.0])
+>>> numerical_grad(lambda: float((x ** 2).sum()), x)
+array([2., 4.])
+"""
+import numpy as np
+
+
+def numerical_grad(f, x, h=1e-5):
+    """Gradient of the scalar function ``f()`` with respect to the array ``x``, which ``f``
+    reads; each element of x is nudged in place and restored afterwards.
+
+    The loop over elements is fine here: gradient checks use tiny arrays."""
+    if x.dtype != np.float64:
+        raise ValueError(f"gradient checks need float64 arrays, got {x.dtype}")
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)      # views: writing flat writes x
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        f_plus = f()
+        flat[i] = old - h
+        f_minus = f()
+        flat[i] = old
+        gflat[i] = (f_plus - f_minus) / (2.0 * h)
+    return grad
+
+
+def rel_error(a, b):
+    """Relative error of a gradient: max |a - b| / max(max |a|, max |b|).
+
+    The error is measured against the scale of the whole gradient, not element by element: an
+    element that is ~0 (a softmax's gradient along the all-ones direction, say) has only
+    rounding noise left in it, and dividing that noise by itself would report an error of 1.
+    A gradient that is exactly zero everywhere must be checked with an absolute bound instead."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return 0.0
+    scale = max(np.abs(a).max(), np.abs(b).max())
+    return 0.0 if scale == 0.0 else float(np.abs(a - b).max() / scale)
+
+
+def check_grad(f, x, analytic, h=1e-5):
+    """Relative error between ``analytic`` and the numerical gradient of ``f`` at ``x``."""
+    return rel_error(analytic, numerical_grad(f, x, h))
+
+
+def dot_loss(out, weights):
+    """A scalar ``sum(out * weights)`` whose gradient with respect to ``out`` is ``weights``:
+    the standard way to check a layer's backward with a random upstream gradient."""
+    return float(np.sum(out * weights))
+
+
+def grad_errors(f, params, grads, h=1e-5):
+    """Compare every named gradient with its numerical value; returns {name: relative error}.
+
+    The keys' third of each ``c_attn.bias`` has a gradient that is exactly zero (q.b_k is the
+    same for every key of a row, and a softmax ignores a constant shift), so it is reported
+    apart, as the largest absolute value of either gradient, under ``name + " (keys)"``.
+    """
+    errors = {}
+    for name, p in params.items():
+        num = numerical_grad(f, p, h)
+        ana = grads[name]
+        if name.endswith("c_attn.bias"):
+            (aq, ak, av), (nq, nk, nv) = np.split(ana, 3), np.split(num, 3)
+            errors[name + " (keys)"] = float(max(np.abs(ak).max(), np.abs(nk).max()))
+            ana, num = np.concatenate([aq, av]), np.concatenate([nq, nv])
+        errors[name] = rel_error(ana, num)
+    return errors

@@ -1,0 +1,274 @@
+"""The GPT building blocks, each a pure forward/backward pair.
+
+Every layer follows one contract (as in CS231n's layers.py):
+
+    out, cache = x_forward(inputs..., params...)
+    grads      = x_backward(dout, cache)
+
+``cache`` holds only what the backward pass needs; ``dout`` is the gradient of the loss with
+respect to ``out`` and has its shape. Nothing here loops over batch or time, and every function
+keeps the dtype it is given (float32 in, float32 out): constants are plain Python floats, which
+NumPy never uses to promote an array.
+
+Shape legend: B batch, T time (sequence length), C channels (n_embd), V vocabulary size,
+N any number of leading dimensions flattened together.
+"""
+import math
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------
+# Token and position embeddings
+# ----------------------------------------------------------------------------------------------
+
+def embedding_forward(idx, weight):
+    """Look up one row of ``weight`` per token id: ``out[b, t] = weight[idx[b, t]]``.
+
+    idx: int array (B, T); weight: (V, C) -> out: (B, T, C)
+
+    >>> out, cache = embedding_forward(np.array([[2, 0]]), np.eye(3))
+    >>> out.shape
+    (1, 2, 3)
+    """
+    out = weight[idx]                                  # (B, T, C)
+    return out, (idx, weight.shape)
+
+
+def embedding_backward(dout, cache):
+    """Gradient of the lookup: scatter-add each ``dout[b, t]`` into row ``idx[b, t]``.
+
+    A token that appears several times receives the sum of its gradients, which is why this is
+    ``np.add.at`` (unbuffered) and not ``dweight[idx] += dout`` (which would keep only one).
+    dout: (B, T, C) -> dweight: (V, C)
+    """
+    idx, shape = cache
+    dweight = np.zeros(shape, dtype=dout.dtype)        # (V, C)
+    np.add.at(dweight, idx.reshape(-1), dout.reshape(-1, shape[1]))
+    return dweight
+
+
+def position_embedding_forward(wpe, T, start=0):
+    """Learned absolute positions: rows start .. start+T-1 of ``wpe`` (start > 0 when generating
+    with a KV cache).
+
+    wpe: (block_size, C) -> out: (T, C), broadcast over the batch when added to token embeddings.
+    """
+    return wpe[start:start + T], (wpe.shape, start, T)
+
+
+def position_embedding_backward(dout, cache):
+    """dout: (B, T, C) (the gradient of tok_emb + pos_emb) -> dwpe: (block_size, C).
+
+    Every sequence of the batch used the same rows, so their gradients add up; rows past T were
+    not used and get zero gradient.
+    """
+    shape, start, T = cache
+    dwpe = np.zeros(shape, dtype=dout.dtype)           # (block_size, C)
+    dwpe[start:start + T] = dout.sum(axis=0)           # (T, C)
+    return dwpe
+
+
+def sinusoidal_encoding(T, C, dtype=np.float32):
+    """Fixed sinusoidal positions of "Attention Is All You Need" (no parameters, no gradient).
+
+        PE[pos, 2i]   = sin(pos / 10000^(2i / C))
+        PE[pos, 2i+1] = cos(pos / 10000^(2i / C))
+
+    Returns a (T, C) array. C must be even.
+
+    >>> sinusoidal_encoding(3, 4)[0]
+    array([0., 1., 0., 1.], dtype=float32)
+    """
+    if C % 2:
+        raise ValueError(f"sinusoidal positions need an even n_embd, got {C}")
+    pos = np.arange(T, dtype=np.float64)[:, None]                  # (T, 1)
+    inv_freq = 10000.0 ** (-np.arange(0, C, 2, dtype=np.float64) / C)  # (C/2,)
+    pe = np.empty((T, C), dtype=np.float64)
+    pe[:, 0::2] = np.sin(pos * inv_freq)
+    pe[:, 1::2] = np.cos(pos * inv_freq)
+    return pe.astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear
+# ----------------------------------------------------------------------------------------------
+
+def linear_forward(x, weight, bias):
+    """``out = x @ weight + bias`` with weight shaped (in, out), as GPT-2 checkpoints store it.
+
+    x: (..., in); weight: (in, out); bias: (out,) -> out: (..., out)
+    The leading dimensions are flattened so one 2-D matrix multiply does all the work.
+
+    >>> out, _ = linear_forward(np.ones((2, 5, 3)), np.ones((3, 4)), np.zeros(4))
+    >>> out.shape
+    (2, 5, 4)
+    """
+    x2 = x.reshape(-1, x.shape[-1])                    # (N, in)
+    out = x2 @ weight                                  # (N, out)
+    out += bias
+    return out.reshape(*x.shape[:-1], weight.shape[1]), (x, weight)
+
+
+def linear_backward(dout, cache):
+    """dout: (..., out) -> dx: (..., in), dweight: (in, out), dbias: (out,)."""
+    x, weight = cache
+    dout2 = dout.reshape(-1, dout.shape[-1])           # (N, out)
+    x2 = x.reshape(-1, x.shape[-1])                    # (N, in)
+    dx = (dout2 @ weight.T).reshape(x.shape)           # (..., in)
+    dweight = x2.T @ dout2                             # (in, out)
+    dbias = dout2.sum(axis=0)                          # (out,)
+    return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------------------------
+# LayerNorm
+# ----------------------------------------------------------------------------------------------
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    """Normalise each vector over its last axis, then scale and shift.
+
+        mean = mean(x),  rstd = 1 / sqrt(var(x) + eps),  out = (x - mean) * rstd * weight + bias
+
+    x: (..., C); weight, bias: (C,) -> out: (..., C). The cache keeps x, weight, mean and rstd
+    (each (..., 1)): the normalised x is cheap to recompute.
+    """
+    mean = x.mean(axis=-1, keepdims=True)              # (..., 1)
+    xc = x - mean
+    var = (xc * xc).mean(axis=-1, keepdims=True)       # (..., 1), biased variance as in PyTorch
+    rstd = 1.0 / np.sqrt(var + eps)                    # (..., 1)
+    xhat = xc * rstd
+    out = xhat * weight + bias
+    return out, (x, weight, mean, rstd)
+
+
+def layernorm_backward(dout, cache):
+    """dout: (..., C) -> dx: (..., C), dweight: (C,), dbias: (C,).
+
+    With xhat = (x - mean) * rstd and g = dout * weight (the gradient reaching xhat):
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    """
+    x, weight, mean, rstd = cache
+    xhat = (x - mean) * rstd
+    C = x.shape[-1]
+    dweight = (dout * xhat).reshape(-1, C).sum(axis=0)  # (C,)
+    dbias = dout.reshape(-1, C).sum(axis=0)             # (C,)
+    g = dout * weight
+    dx = g - g.mean(axis=-1, keepdims=True)
+    dx -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
+    dx *= rstd
+    return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------------------------
+# GELU (GPT-2's tanh approximation)
+# ----------------------------------------------------------------------------------------------
+
+GELU_SCALE = math.sqrt(2.0 / math.pi)   # a Python float: it never promotes float32 to float64
+
+
+def gelu_forward(x):
+    """GELU(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), element-wise.
+
+    x: any shape -> out: same shape. The cache keeps x and the tanh term, which backward reuses.
+    ``x * x * x`` instead of ``x ** 3``: the power is many times slower on float32.
+    """
+    t = np.tanh(GELU_SCALE * (x + 0.044715 * (x * x * x)))
+    out = 0.5 * x * (1.0 + t)
+    return out, (x, t)
+
+
+def gelu_backward(dout, cache):
+    """d GELU/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    x, t = cache
+    dt = GELU_SCALE * (1.0 + (3.0 * 0.044715) * (x * x))
+    local = 0.5 * (1.0 + t) + (0.5 * x) * (1.0 - t * t) * dt
+    return dout * local
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout
+# ----------------------------------------------------------------------------------------------
+
+def dropout_forward(x, p, rng=None, train=True, mask=None):
+    """Inverted dropout: zero each element with probability p, scale survivors by 1/(1-p).
+
+    Identity (mask None) when p == 0 or not training, so evaluation needs no rescaling.
+    ``mask`` may be given to replay a fixed pattern (gradient checks do this); otherwise it is drawn
+    from ``rng``. x: any shape -> out: same shape.
+    """
+    if mask is None:
+        if not train or p == 0.0:
+            return x, None
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        if rng is None:
+            raise ValueError("dropout in training mode needs an rng (np.random.default_rng)")
+        keep = rng.random(x.shape, dtype=np.float32) >= p
+        mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
+    return x * mask, mask
+
+
+def dropout_backward(dout, cache):
+    """The gradient flows only through the kept elements, with the same 1/(1-p) scale."""
+    mask = cache
+    return dout if mask is None else dout * mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax and cross-entropy
+# ----------------------------------------------------------------------------------------------
+
+def softmax_forward(x):
+    """Numerically stable softmax over the last axis: exp(x - max(x)) / sum(exp(x - max(x))).
+
+    Subtracting the row maximum changes nothing mathematically but keeps exp() from overflowing:
+    logits of +-1e4 still give finite rows that sum to 1. x: (..., K) -> out: (..., K)
+    """
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    out = e / e.sum(axis=-1, keepdims=True)
+    return out, out
+
+
+def softmax_backward(dout, cache):
+    """With y = softmax(x): dx = y * (dout - sum(dout * y)), the Jacobian-vector product."""
+    y = cache
+    return y * (dout - (dout * y).sum(axis=-1, keepdims=True))
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-1):
+    """Mean negative log-likelihood of the targets; positions whose target is -1 are ignored.
+
+        loss = -(1/n) * sum over kept positions of log softmax(logits)[target]
+
+    logits: (B, T, V); targets: int (B, T) -> loss: Python float; n = number of kept positions.
+    The cache holds the probabilities, which is all the fused backward needs.
+    """
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V)                          # (N, V)
+    t = targets.reshape(-1)                            # (N,)
+    keep = t != ignore_index                           # (N,)
+    n = int(keep.sum())
+    if n == 0:
+        raise ValueError("cross-entropy: every target is ignored (-1), the mean is undefined")
+    t = np.where(keep, t, 0)
+    rows = np.arange(z.shape[0])
+    shifted = z - z.max(axis=-1, keepdims=True)        # (N, V)
+    probs = np.exp(shifted)
+    sumexp = probs.sum(axis=-1)                        # (N,)
+    probs /= sumexp[:, None]
+    nll = np.log(sumexp) - shifted[rows, t]            # (N,)
+    loss = float(nll[keep].sum()) / n
+    return loss, (probs, t, keep, n, logits.shape)
+
+
+def cross_entropy_backward(dloss, cache):
+    """The fused softmax + cross-entropy gradient: dlogits = (probs - onehot(target)) / n.
+
+    Ignored positions get zero gradient. dloss: scalar (1.0 for the loss itself) -> (B, T, V).
+    """
+    probs, t, keep, n, shape = cache
+    dlogits = probs.copy()                             # (N, V)
+    dlogits[np.arange(len(t)), t] -= 1.0
+    dlogits *= (keep * (dloss / n)).astype(probs.dtype)[:, None]
+    return dlogits.reshape(shape)

@@ -1,0 +1,188 @@
+"""The whole GPT: parameter names, initialisation, gradient check of every parameter, invariants."""
+import math
+
+import numpy as np
+import pytest
+
+from minillm import GPT, GPTConfig
+from minillm.gradcheck import grad_errors
+
+TINY = dict(vocab_size=11, block_size=5, n_layer=2, n_head=2, n_embd=8, dtype="float64")
+
+
+def tiny_batch(rng, B=2, T=5, V=11):
+    return rng.integers(0, V, size=(B, T)), rng.integers(0, V, size=(B, T))
+
+
+def perturb(model, rng, scale=0.3):
+    """Give every parameter (LayerNorm and biases included) non-trivial random values, so the
+    check does not pass because something is zero or one."""
+    for p in model.params.values():
+        p += rng.normal(scale=scale, size=p.shape).astype(p.dtype)
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_whole_model_gradient_check(pos_encoding, dropout):
+    rng = np.random.default_rng(0)
+    model = GPT(GPTConfig(**TINY, pos_encoding=pos_encoding, dropout=dropout), seed=1)
+    perturb(model, rng)
+    idx, targets = tiny_batch(rng)
+    targets[0, 2] = -1                                          # one ignored target
+
+    def loss():  # the same dropout masks on every call
+        return model.loss(idx, targets, train=True, rng=np.random.default_rng(7))
+
+    _, grads = model.loss_and_grads(idx, targets, rng=np.random.default_rng(7))
+    assert list(grads) == list(model.params)
+    assert all(grads[k].shape == p.shape for k, p in model.params.items())
+    errors = grad_errors(loss, model.params, grads)
+    checked = {name.removesuffix(" (keys)") for name in errors}
+    assert checked == set(model.params)                         # every named parameter
+    for name, err in errors.items():
+        limit = 1e-8 if name.endswith("(keys)") else 1e-6
+        assert err < limit, f"{name}: {err:.2e}"
+
+
+def test_parameter_names_and_shapes_follow_gpt2():
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=12)
+    params = GPT(cfg).params
+    V, C = 50, 12
+    assert params["wte.weight"].shape == (V, C) and params["wpe.weight"].shape == (16, C)
+    for i in range(2):
+        h = f"h.{i}."
+        expected = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C),
+                    "attn.c_attn.bias": (3 * C,), "attn.c_proj.weight": (C, C),
+                    "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+                    "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,),
+                    "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,)}
+        for name, shape in expected.items():
+            assert params[h + name].shape == shape
+    assert params["ln_f.weight"].shape == (C,) and params["ln_f.bias"].shape == (C,)
+    assert len(params) == 2 + 12 * 2 + 2
+    sin = GPT(GPTConfig(**{**cfg.to_dict(), "pos_encoding": "sinusoidal"})).params
+    assert "wpe.weight" not in sin and len(sin) == len(params) - 1
+
+
+def test_gpt2_initialisation():
+    cfg = GPTConfig(vocab_size=500, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    p = GPT(cfg, seed=0).params
+    assert abs(p["wte.weight"].std() - 0.02) < 0.001
+    assert abs(p["h.0.mlp.c_fc.weight"].std() - 0.02) < 0.001
+    resid = 0.02 / math.sqrt(2 * cfg.n_layer)
+    for name in ("h.1.attn.c_proj.weight", "h.3.mlp.c_proj.weight"):
+        assert abs(p[name].std() - resid) < 0.0005
+    assert all(np.all(p[k] == 0) for k in p if k.endswith(".bias"))
+    assert all(np.all(p[k] == 1) for k in p if k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")))
+    # seeded, never global: same seed same weights, another seed other weights
+    assert np.array_equal(GPT(cfg, seed=0).params["wte.weight"], p["wte.weight"])
+    assert not np.array_equal(GPT(cfg, seed=1).params["wte.weight"], p["wte.weight"])
+    p64 = GPT(GPTConfig(**{**cfg.to_dict(), "dtype": "float64"}), seed=0).params
+    assert np.array_equal(p64["wte.weight"].astype(np.float32), p["wte.weight"])
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+def test_causality(pos_encoding):
+    """Changing tokens after position t leaves the logits at positions <= t exactly unchanged."""
+    rng = np.random.default_rng(0)
+    model = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16,
+                          pos_encoding=pos_encoding), seed=0)
+    perturb(model, rng, 0.1)
+    idx = rng.integers(0, 20, size=(3, 16))
+    base = model.forward(idx)
+    for t in (0, 7, 14):
+        changed = idx.copy()
+        changed[:, t + 1:] = rng.integers(0, 20, size=changed[:, t + 1:].shape)
+        out = model.forward(changed)
+        assert np.array_equal(out[:, :t + 1], base[:, :t + 1])
+        assert not np.allclose(out[:, t + 1:], base[:, t + 1:])
+
+
+def test_initial_loss_is_close_to_log_vocab():
+    model = GPT(GPTConfig(vocab_size=65), seed=0)
+    idx, targets = tiny_batch(np.random.default_rng(0), B=12, T=64, V=65)
+    loss = model.loss(idx, targets)
+    assert abs(loss - math.log(65)) < 0.15
+
+
+def test_float32_end_to_end():
+    model = GPT(GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1), seed=0)
+    idx, targets = tiny_batch(np.random.default_rng(0), T=8, V=13)
+    logits, att = model.forward(idx, return_attention=True)
+    assert logits.dtype == np.float32 and all(a.dtype == np.float32 for a in att)
+    _, caches = model._forward(idx, train=True)
+    assert caches["ln_f"][0].dtype == np.float32 and caches["h"][1].attn.attn.att.dtype == np.float32
+    loss, grads = model.loss_and_grads(idx, targets)
+    assert isinstance(loss, float)
+    assert all(g.dtype == np.float32 for g in grads.values())
+
+
+def test_overfits_one_batch_with_plain_gradient_descent():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=32), seed=0)
+    idx, targets = tiny_batch(np.random.default_rng(0), B=4, T=8)
+    first = model.loss(idx, targets)
+    for _ in range(300):
+        loss, grads = model.loss_and_grads(idx, targets)
+        for k, g in grads.items():
+            model.params[k] -= 0.5 * g
+    assert first > 2.0 and loss < 0.05
+
+
+def test_return_attention():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=3, n_head=2, n_embd=8), seed=0)
+    idx, _ = tiny_batch(np.random.default_rng(0), B=2, T=6)
+    logits, att = model.forward(idx, return_attention=True)
+    assert logits.shape == (2, 6, 11) and len(att) == 3
+    for a in att:
+        assert a.shape == (2, 2, 6, 6)
+        assert np.allclose(a.sum(-1), 1.0) and np.all(np.triu(a, 1) == 0)
+
+
+def test_kv_cache_forward_matches_full_forward():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dtype="float64"), seed=0)
+    perturb(model, np.random.default_rng(1), 0.2)
+    idx, _ = tiny_batch(np.random.default_rng(0), B=2, T=8)
+    full = model.forward(idx)
+    cache = model.new_kv_cache(batch_size=2)
+    parts = [model.forward(idx[:, :3], kv_cache=cache)]
+    parts += [model.forward(idx[:, t:t + 1], kv_cache=cache) for t in range(3, 8)]
+    assert cache.length == 8
+    assert np.allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="block_size"):
+        model.forward(idx[:, :1], kv_cache=cache)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_embd=10, n_head=3), "divisible by n_head"),
+    (dict(dtype="float16"), "unknown dtype"),
+    (dict(pos_encoding="rotary"), "unknown pos_encoding"),
+    (dict(n_layer=0), "n_layer must be a positive integer"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(pos_encoding="sinusoidal", n_embd=9, n_head=3), "even n_embd"),
+])
+def test_bad_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**kwargs)
+
+
+@pytest.mark.parametrize("idx, message", [
+    (np.zeros((1, 9), dtype=int), "exceeds block_size 8"),
+    (np.array([[1, 2, 11]]), r"token id 11 is outside \[0, 11\)"),
+    (np.array([[1, -1, 2]]), r"token id -1 is outside"),
+    (np.array([1, 2, 3]), "2-D"),
+    (np.zeros((1, 2, 3), dtype=int), "2-D"),
+    (np.array([[1.0, 2.0]]), "integers"),
+])
+def test_bad_input(idx, message):
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    with pytest.raises(ValueError, match=message):
+        model.forward(idx)
+
+
+def test_bad_targets():
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    idx = np.array([[1, 2, 3]])
+    with pytest.raises(ValueError, match="target 12 is outside"):
+        model.loss_and_grads(idx, np.array([[1, 12, 3]]))
+    with pytest.raises(ValueError, match="shape"):
+        model.loss_and_grads(idx, np.array([[1, 2]]))
