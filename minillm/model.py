@@ -174,8 +174,9 @@ class GPT:
 
     # -- forward and backward ----------------------------------------------------------------
 
-    def _forward(self, idx, train=False, rng=None, kv_cache=None):
-        """Forward pass keeping every layer's cache. idx: (B, T) -> logits (B, T, V), caches."""
+    def _forward(self, idx, train=False, rng=None, kv_cache=None, last_only=False):
+        """Forward pass keeping every layer's cache. idx: (B, T) -> logits (B, T, V), caches.
+        With last_only (generation), only the last position goes through ln_f and the head."""
         cfg, p = self.config, self.params
         start = 0 if kv_cache is None else kv_cache.length
         idx = self._check_idx(idx, start)
@@ -193,6 +194,8 @@ class GPT:
             x, cache = block_forward(x, self.block_params(i), cfg.n_head, cfg.dropout, rng,
                                      train, kv_cache, i)
             caches["h"].append(cache)
+        if last_only:
+            x = x[:, -1:]                                                              # (B, 1, C)
         x, caches["ln_f"] = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
         logits, caches["lm_head"] = lm_head_forward(x, p["wte.weight"])               # (B, T, V)
         if kv_cache is not None:
@@ -213,10 +216,13 @@ class GPT:
         g["wte.weight"] = embedding_backward(dx, caches["wte"]) + dwte_head  # tied: both uses add
         return {name: g[name] for name in self.params}
 
-    def forward(self, idx, return_attention=False, train=False, rng=None, kv_cache=None):
+    def forward(self, idx, return_attention=False, train=False, rng=None, kv_cache=None,
+                last_only=False):
         """idx: int (B, T) -> logits (B, T, V); with return_attention also a list holding one
-        (B, nh, T, S) array of attention weights per layer (S = T without a KV cache)."""
-        logits, caches = self._forward(idx, train, rng, kv_cache)
+        (B, nh, T, S) array of attention weights per layer (S = T without a KV cache).
+        ``kv_cache`` (from ``new_kv_cache``) continues after the positions it holds;
+        ``last_only`` returns the logits of the last position only, (B, 1, V)."""
+        logits, caches = self._forward(idx, train, rng, kv_cache, last_only)
         if return_attention:
             return logits, [c.attn.attn.att for c in caches["h"]]
         return logits

@@ -1,0 +1,89 @@
+"""Text generation: one token at a time, with greedy, temperature, top-k and top-p sampling.
+
+The next token is drawn from softmax(logits / temperature) over the last position's logits
+(V,), after keeping only
+  * top-k: the k most likely tokens, and/or
+  * top-p (nucleus): the smallest set of most likely tokens whose probabilities add up to p.
+Greedy decoding takes the single most likely token.
+
+KV cache. Without it, every new token reruns the whole context through the model. With it, the
+keys and values of earlier positions are kept, and each step feeds only the newest token (T = 1).
+Positions here are absolute (learned or sinusoidal), so once the context is longer than
+block_size and the window slides by one, every position shifts and the cached keys no longer
+hold: from then on each step recomputes the window of the last block_size tokens, exactly what
+generation without the cache does, so both give the same tokens.
+
+Shape legend: T time, V vocabulary.
+"""
+import numpy as np
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, rng=None):
+    """Choose the next token id from one row of logits (V,).
+
+    Computed in float64. The draw uses one uniform number u from ``rng`` and picks the token
+    where the cumulative probability passes u, so a seeded rng gives a reproducible choice.
+
+    >>> sample_next(np.array([0.1, 2.0, -1.0]), greedy=True)
+    1
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if greedy or temperature == 0.0:
+        return int(np.argmax(logits))
+    if temperature < 0.0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if rng is None:
+        raise ValueError("sampling needs an rng (np.random.default_rng(seed)); or use greedy")
+    z = logits / temperature
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_k < z.size:
+            kth = np.partition(z, -top_k)[-top_k]          # the k-th largest logit
+            z = np.where(z < kth, -np.inf, z)
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        order = np.argsort(-probs, kind="stable")          # most likely first
+        before = np.cumsum(probs[order]) - probs[order]    # probability mass ranked above each
+        dropped = order[before >= top_p]                   # the nucleus is already complete
+        probs[dropped] = 0.0
+        probs /= probs.sum()
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
+
+
+def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+             greedy=False, rng=None, use_cache=True):
+    """Yield ``max_new_tokens`` new token ids, one at a time, continuing ``prompt_ids``.
+
+    prompt_ids: list or 1-D int array of length 1 .. block_size. A generator, so callers can
+    print each token as it comes:
+
+    >>> from minillm import GPT, GPTConfig
+    >>> model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    >>> len(list(generate(model, [0, 1], 6, greedy=True)))
+    6
+    """
+    block_size = model.config.block_size
+    context = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]
+    if not context:
+        raise ValueError("the prompt is empty: give at least one token")
+    if len(context) > block_size:
+        raise ValueError(f"the prompt is {len(context)} tokens long, longer than the model's "
+                         f"context of block_size={block_size}")
+    cache = model.new_kv_cache() if use_cache else None
+    logits = model.forward(np.array([context]), kv_cache=cache, last_only=True)[0, -1]
+    for _ in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, top_p, greedy, rng)
+        yield token
+        context.append(token)
+        if cache is not None and cache.length < block_size:
+            logits = model.forward(np.array([[token]]), kv_cache=cache)[0, -1]    # one new position
+        else:
+            window = np.array([context[-block_size:]])                           # (1, T)
+            if cache is not None:
+                cache.length = 0                                                 # positions shifted
+            logits = model.forward(window, kv_cache=cache, last_only=True)[0, -1]
