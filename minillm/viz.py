@@ -1,0 +1,86 @@
+"""Pictures: loss curves and attention maps (matplotlib).
+
+    plot_losses(history, "loss.png")              train loss per iteration, train/val at evals
+    plot_attention(att, tokens)                   one (T, T) map with the tokens on both axes
+    plot_attention_grid(att, tokens)              (nh, T, T): one map per head, side by side
+
+Each function returns the matplotlib Figure, so notebooks show it and scripts can save it.
+"""
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib.pyplot as plt      # imported on first use: minillm itself needs only NumPy
+    return plt
+
+
+def plot_losses(history, path=None, title="minillm training"):
+    """history: {"train": [loss per iteration], "eval": [[iter, train, val], ...]}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = np.asarray(history.get("train", []), dtype=float)
+    if train.size:
+        ax.plot(np.arange(1, train.size + 1), train, color="0.75", lw=0.8, label="train (batch)")
+    ev = np.asarray(history.get("eval", []), dtype=float).reshape(-1, 3)
+    if len(ev):
+        ax.plot(ev[:, 0], ev[:, 1], "o-", label="train (eval)")
+        ax.plot(ev[:, 0], ev[:, 2], "o-", label="val (eval)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def _show_tokens(tokens):
+    return [repr(t)[1:-1] if isinstance(t, str) else str(t) for t in tokens]
+
+
+def plot_attention(att, tokens=None, ax=None, title=None, cmap="viridis"):
+    """att: (T, S) attention weights (row = query, column = key); tokens label the axes.
+
+    >>> fig = plot_attention(np.tril(np.ones((3, 3))) / np.arange(1, 4)[:, None], list("abc"))
+    """
+    plt = _pyplot()
+    att = np.asarray(att)
+    if att.ndim != 2:
+        raise ValueError(f"plot_attention needs one (T, S) map, got shape {att.shape}; "
+                         "use plot_attention_grid for several heads")
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.5 + 0.3 * att.shape[1], 1.2 + 0.3 * att.shape[0]))
+    ax.imshow(att, cmap=cmap, vmin=0.0, vmax=1.0)
+    if tokens is not None:
+        labels = _show_tokens(tokens)
+        ax.set_xticks(range(att.shape[1]), labels[-att.shape[1]:], rotation=90, fontsize=8)
+        ax.set_yticks(range(att.shape[0]), labels[-att.shape[0]:], fontsize=8)
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig if fig is not None else ax.figure
+
+
+def plot_attention_grid(att, tokens=None, titles=None, ncols=None, cmap="viridis"):
+    """att: (n, T, S), e.g. the heads of one layer -> a grid of n maps."""
+    plt = _pyplot()
+    att = np.asarray(att)
+    if att.ndim != 3:
+        raise ValueError(f"plot_attention_grid needs (n, T, S) maps, got shape {att.shape}")
+    n = att.shape[0]
+    ncols = ncols or min(n, 4)
+    nrows = -(-n // ncols)
+    size = 0.9 + 0.22 * att.shape[-1]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            plot_attention(att[i], tokens, ax=ax, title=titles[i] if titles else f"head {i}", cmap=cmap)
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
