@@ -11,9 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .finetune import SCHEDULE, FinetuneConfig
 from .model import GPTConfig
 from .optim import OptimConfig
 from .train import TrainConfig, TrainingDiverged
+
+
+TYPES = {"int": int, "float": float, "str": str, "bool": bool}   # for string annotations
 
 
 def add_config_args(parser, cls, skip=(), title=None):
@@ -24,11 +28,11 @@ def add_config_args(parser, cls, skip=(), title=None):
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
-        if isinstance(f.default, bool):
+        kind = f.type if isinstance(f.type, type) else TYPES.get(str(f.type).split(" ")[0], str)
+        if kind is bool:
             group.add_argument(flag, dest=f.name, default=f.default, help=help_text,
                                action=argparse.BooleanOptionalAction)
         else:
-            kind = type(f.default) if f.default is not None else str
             group.add_argument(flag, dest=f.name, default=f.default, type=kind,
                                help=f"{help_text} (default: {f.default})")
 
@@ -55,8 +59,9 @@ class SampleConfig:
     kv_cache: bool = dataclasses.field(default=True, metadata={"help": "reuse keys/values of earlier positions"})
 
 
-def sample_text(model, tokenizer, sc, out=sys.stdout):
-    """Stream a continuation of sc.prompt to ``out`` and return it."""
+def sample_text(model, tokenizer, sc, out=None):
+    """Stream a continuation of sc.prompt to ``out`` (standard output) and return it."""
+    out = sys.stdout if out is None else out
     from .generate import generate
     from .pretrained import stream_decode
     ids = tokenizer.encode(sc.prompt)
@@ -108,6 +113,24 @@ def cmd_sample(args):
     return 0
 
 
+def cmd_finetune(args):
+    from .finetune import finetune, plot_finetune, sample_prompt
+    fc = config_from_args(FinetuneConfig, args)
+    oc = config_from_args(OptimConfig, args)           # the schedule comes from FinetuneConfig
+    result = finetune(fc, oc)
+    state = result.state
+    png = Path(fc.out_dir) / "loss.png"
+    plot_finetune(state["history"], png)
+    what = "merged checkpoint, adapters.safetensors" if result.lora else "checkpoint"
+    print(f"\nsaved {what} and loss curve in {fc.out_dir}/ (best val loss {state['best_val']:.4f})"
+          + (" after an interruption" if state.get("interrupted") else ""))
+    if fc.sample_tokens > 0:
+        print(f"--- a sample of {fc.sample_tokens} tokens (temperature 0.8) ---")
+        sample_text(result.model, result.tokenizer, SampleConfig(
+            prompt=sample_prompt(result.tokenizer), max_new_tokens=fc.sample_tokens, seed=fc.seed))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="minillm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +143,11 @@ def build_parser():
     p = sub.add_parser("sample", help="generate text from a checkpoint or a GPT-2 folder")
     add_config_args(p, SampleConfig, title="sampling")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("finetune", help="continue training a saved model (or a GPT-2 folder) on a "
+                       "new text, fully or with LoRA adapters")
+    add_config_args(p, FinetuneConfig, title="fine-tuning")
+    add_config_args(p, OptimConfig, skip=SCHEDULE, title="optimizer")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 

@@ -79,9 +79,10 @@ class StopFlag:
 class Progress:
     """One status line, redrawn in place on a terminal (a line every log_interval otherwise)."""
 
-    def __init__(self, total, tokens_per_iter, log_interval, stream=sys.stderr):
-        self.total, self.tokens, self.every, self.stream = total, tokens_per_iter, log_interval, stream
-        self.tty = stream.isatty()
+    def __init__(self, total, tokens_per_iter, log_interval, stream=None):
+        self.total, self.tokens, self.every = total, tokens_per_iter, log_interval
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = self.stream.isatty()
         self.times = []
 
     def update(self, it, loss, lr, dt):
@@ -108,13 +109,17 @@ def estimate_loss(model, splits, block_size, batch_size, eval_iters, rng):
             for name, data in splits.items()}
 
 
-def train_loop(model, optimizer, splits, tc, oc, state, save, log=None):
+def train_loop(model, optimizer, splits, tc, oc, state, save, log=None, block_size=None):
     """Run iterations state["iter"] .. tc.max_iters - 1 of ``model`` (anything with
-    ``loss_and_grads``/``loss`` and a ``config``), saving with ``save(state)``.
+    ``loss_and_grads``/``loss``), saving with ``save(state)``.
 
     state holds "iter", "rng", "history" and "best_val"; it is updated in place and returned.
+    block_size: the context length T of the batches; default ``model.config.block_size`` (give it
+    for a wrapper without one, e.g. a LoRA around a GPT). splits: "train" and "val" token arrays,
+    plus optionally more (e.g. the base corpus while fine-tuning), which are only evaluated:
+    history["eval_extra"][name] collects their [iter, loss] pairs.
     """
-    block_size = model.config.block_size
+    block_size = model.config.block_size if block_size is None else block_size
     rng = rng_from_state(state["rng"])
     hist = state["history"]
     progress = log or Progress(tc.max_iters, tc.batch_size * block_size, tc.log_interval)
@@ -123,6 +128,8 @@ def train_loop(model, optimizer, splits, tc, oc, state, save, log=None):
         losses = estimate_loss(model, splits, block_size, tc.batch_size, tc.eval_iters,
                                np.random.default_rng((tc.seed, it)))
         hist["eval"].append([it, losses["train"], losses["val"]])
+        for name in [n for n in splits if n not in ("train", "val")]:
+            hist.setdefault("eval_extra", {}).setdefault(name, []).append([it, losses[name]])
         improved = losses["val"] < state["best_val"]
         state["best_val"] = min(state["best_val"], losses["val"])
         progress.message(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
@@ -136,8 +143,9 @@ def train_loop(model, optimizer, splits, tc, oc, state, save, log=None):
                 save(state)
             t0 = time.perf_counter()
             x, y = get_batch(splits["train"], block_size, tc.batch_size, rng)
-            loss, grads = model.loss_and_grads(x, y, rng=rng)
-            norm = clip_grad_norm(grads, oc.grad_clip) if oc.grad_clip > 0 else 0.0
+            with np.errstate(over="ignore", invalid="ignore"):     # checked just below
+                loss, grads = model.loss_and_grads(x, y, rng=rng)
+                norm = clip_grad_norm(grads, oc.grad_clip) if oc.grad_clip > 0 else 0.0
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise TrainingDiverged(
                     f"the loss became {loss} at iteration {it} (gradient norm {norm}); training "
