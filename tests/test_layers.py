@@ -2,7 +2,8 @@
 
 Each check draws random, non-trivial inputs, takes the scalar ``sum(out * w)`` with a random
 upstream gradient ``w`` (so ``dout = w``), and compares every analytic gradient with the
-numerical one. Bound: relative error (max |a - b| / max |a|, see ``rel_error``) below 1e-6.
+numerical one. Bound: relative error (max |a - b| / max |a|, see ``rel_error``) below 1e-8
+(measured errors are 1e-11 to 1e-10; the bound leaves room for other BLAS builds).
 
 One gradient is exactly zero by mathematics: the bias of the keys in ``c_attn`` (adding the same
 q.b to every score of a row does not change a softmax). It is checked with an absolute bound.
@@ -19,7 +20,7 @@ from minillm.layers import (cross_entropy_backward, cross_entropy_forward, dropo
                             linear_forward, position_embedding_backward, position_embedding_forward,
                             sinusoidal_encoding, softmax_backward, softmax_forward)
 
-BOUND = 1e-6
+BOUND = 1e-8
 
 
 @pytest.fixture
