@@ -21,13 +21,14 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_open
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,11 @@ def download(url, dest, sha256=None, timeout=30.0):
     dest.parent.mkdir(parents=True, exist_ok=True)
     print(f"downloading {url} to {dest}", file=sys.stderr)
 
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
+    with atomic_open(dest, "wb") as out:
         h = hashlib.sha256()
         received = 0
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
                 expected_size = resp.headers.get("Content-Length")
                 for chunk in iter(lambda: resp.read(1 << 16), b""):
                     out.write(chunk)
@@ -122,10 +122,6 @@ def download(url, dest, sha256=None, timeout=30.0):
         if sha256 is not None and got != sha256:
             raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, "
                                 f"got {got} ({received} bytes); the download was discarded")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 

@@ -30,8 +30,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_write_text
 
 # GPT-2's pre-tokenizer: split text into chunks (English contractions,
 # letters, digits, other symbols, whitespace) that BPE never merges across.
@@ -121,25 +122,6 @@ def split_special_tokens(text: str, specials) -> list[str]:
         return [text]
     alternatives = "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))
     return re.split(f"({alternatives})", text)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers never see half a file.
-
-    The text goes to a temporary file in the same folder, which then replaces
-    ``path`` in one step (``os.replace``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_vocab_json(path: str | os.PathLike) -> dict[str, int]:

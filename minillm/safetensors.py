@@ -46,9 +46,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 
 import numpy as np
+
+from .atomic import atomic_open
 
 __all__ = ["load_file", "save_file", "read_header", "read_metadata"]
 
@@ -320,20 +321,9 @@ def save_file(tensors: dict[str, np.ndarray], path,
                               ensure_ascii=False).encode("utf-8")
     header_bytes += b" " * (-len(header_bytes) % 8)  # pad to a multiple of 8
 
-    # A uniquely named temporary file next to the target ("x" mode: never
-    # clobber an existing file), then one os.replace into place.
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(len(header_bytes).to_bytes(8, "little"))
-            f.write(header_bytes)
-            for name in order:
-                f.write(prepared[name][1].data)  # C-contiguous buffer, no copy
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # A temporary file next to the target, then one os.replace into place.
+    with atomic_open(path, "wb", fsync=True) as f:
+        f.write(len(header_bytes).to_bytes(8, "little"))
+        f.write(header_bytes)
+        for name in order:
+            f.write(prepared[name][1].data)  # C-contiguous buffer, no copy

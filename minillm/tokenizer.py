@@ -17,11 +17,11 @@ A tokenizer is saved as one small JSON file, ``{"type": "char", "chars": [...]}`
 ``load_tokenizer`` reads such a file and returns the right tokenizer class for its ``"type"``.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write_text
 
 # How many distinct unknown characters an error message spells out before saying "and N more".
 _MAX_LISTED = 10
@@ -219,7 +219,8 @@ class CharTokenizer:
 
     def save(self, path):
         """Write ``{"type": "char", "chars": [...]}`` to ``path`` (atomically) and return it."""
-        return _atomic_write_text(path, json.dumps({"type": "char", "chars": list(self._chars)}))
+        atomic_write_text(path, json.dumps({"type": "char", "chars": list(self._chars)}))
+        return Path(path)
 
     @classmethod
     def load(cls, path):
@@ -297,22 +298,3 @@ def _read_json(path):
     if not isinstance(data["type"], str):
         raise ValueError(f"{path} has a 'type' field that is not a string: {data['type']!r}")
     return data
-
-
-def _atomic_write_text(path, text):
-    """Write ``text`` to a temp file next to ``path``, then rename it over ``path``.
-
-    ``os.replace`` is atomic, so a reader sees either the old file or the complete new one,
-    never a half-written file (even if the process dies mid-write).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -24,7 +24,7 @@ import numpy as np
 from .checkpoint import load_checkpoint, rng_from_state, rng_state, save_checkpoint
 from .data import get_batch, load_text, split
 from .model import GPT, GPTConfig
-from .optim import AdamW, OptimConfig, clip_grad_norm, lr_schedule
+from .optim import AdamW, clip_grad_norm, lr_schedule
 from .tokenizer import CharTokenizer
 
 
