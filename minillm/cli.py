@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .finetune import SCHEDULE, FinetuneConfig
+from .data import DownloadError
+from .malloc import keep_freed_memory
 from .model import GPTConfig
 from .optim import OptimConfig
 from .train import TrainConfig, TrainingDiverged
@@ -153,9 +155,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    keep_freed_memory()                  # faster training steps (see minillm/malloc.py)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as e:
+    except (ValueError, OSError, DownloadError, TrainingDiverged) as e:
         print(f"minillm {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
