@@ -133,9 +133,10 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     x: (..., C); weight, bias: (C,) -> out: (..., C). The cache keeps x, weight, mean and rstd
     (each (..., 1)): the normalised x is cheap to recompute.
     """
-    mean = x.mean(axis=-1, keepdims=True)              # (..., 1)
+    inv_C = 1.0 / x.shape[-1]                          # sum * (1/C): a mean without np.mean's overhead
+    mean = x.sum(axis=-1, keepdims=True) * inv_C       # (..., 1)
     xc = x - mean
-    var = (xc * xc).mean(axis=-1, keepdims=True)       # (..., 1), biased variance as in PyTorch
+    var = (xc * xc).sum(axis=-1, keepdims=True) * inv_C  # (..., 1), biased variance as in PyTorch
     rstd = 1.0 / np.sqrt(var + eps)                    # (..., 1)
     xhat = xc * rstd
     out = xhat * weight + bias
@@ -154,8 +155,9 @@ def layernorm_backward(dout, cache):
     dweight = (dout * xhat).reshape(-1, C).sum(axis=0)  # (C,)
     dbias = dout.reshape(-1, C).sum(axis=0)             # (C,)
     g = dout * weight
-    dx = g - g.mean(axis=-1, keepdims=True)
-    dx -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
+    inv_C = 1.0 / C
+    dx = g - g.sum(axis=-1, keepdims=True) * inv_C
+    dx -= xhat * ((g * xhat).sum(axis=-1, keepdims=True) * inv_C)
     dx *= rstd
     return dx, dweight, dbias
 

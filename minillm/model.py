@@ -77,6 +77,9 @@ def param_shapes(cfg):
     return shapes
 
 
+BLOCK_PARAMS = [name[len("h.0."):] for name in param_shapes(GPTConfig(n_layer=1)) if name.startswith("h.0.")]
+
+
 def init_params(cfg, rng):
     """GPT-2 initialisation: weights ~ N(0, 0.02), the two residual projections of each block
     scaled down by 1/sqrt(2 n_layer) (each block adds two branches to the residual stream),
@@ -138,8 +141,7 @@ class GPT:
 
     def block_params(self, i):
         """Block i's parameters under names relative to the block, e.g. ``ln_1.weight``."""
-        prefix = f"h.{i}."
-        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+        return {name: self.params[f"h.{i}.{name}"] for name in BLOCK_PARAMS}
 
     # -- input checks ------------------------------------------------------------------------
 
