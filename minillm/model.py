@@ -248,6 +248,21 @@ class GPT:
             self._pe = sinusoidal_encoding(self.config.block_size, self.config.n_embd, self.dtype)
         return self._pe
 
+    @classmethod
+    def from_pretrained(cls, folder, dtype="float32"):
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors, and vocab.json +
+        merges.txt when present). The tokenizer, or None, is kept as ``model.tokenizer``."""
+        from .pretrained import load_pretrained
+        model, tokenizer = load_pretrained(folder, dtype)
+        model.tokenizer = tokenizer
+        return model
+
+    def save_pretrained(self, folder, tokenizer=None):
+        """Write config.json + model.safetensors (+ vocab.json/merges.txt) that Transformers'
+        GPT2LMHeadModel.from_pretrained reads."""
+        from .pretrained import save_pretrained
+        save_pretrained(self, folder, tokenizer if tokenizer is not None else getattr(self, "tokenizer", None))
+
     def new_kv_cache(self, batch_size=1):
         cfg = self.config
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, cfg.block_size,
