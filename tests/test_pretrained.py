@@ -377,3 +377,19 @@ def test_tokenizer_folder_round_trip_with_transformers(tmp_path, tokenizer):
     back = load_pretrained_tokenizer(tmp_path / "theirs")
     assert back.encode(text) == tokenizer.encode(text)
     assert back.special_tokens == {EOT: 299}
+
+
+def test_cli_sample_pretrained_streams_the_greedy_continuation(tmp_path, tokenizer, capsys):
+    from minillm.cli import main
+    from minillm.generate import generate
+    model = random_model(seed=4)
+    save_pretrained(model, tmp_path, tokenizer)
+    prompt = "The quick brown fox"
+    assert main(["sample", "--pretrained", str(tmp_path), "--prompt", prompt,
+                 "--max-new-tokens", "12", "--greedy"]) == 0
+    expected = tokenizer.decode(list(generate(model, tokenizer.encode(prompt), 12, greedy=True)))
+    assert capsys.readouterr().out == prompt + expected + "\n"
+    assert main(["sample", "--pretrained", str(tmp_path / "nowhere"), "--prompt", "x"]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["sample", "--prompt", "x"]) == 1
+    assert "exactly one of --ckpt" in capsys.readouterr().err
