@@ -38,10 +38,12 @@ def plot_losses(history, path=None, title="minillm training"):
 
 
 def _show_tokens(tokens):
-    return [repr(t)[1:-1] if isinstance(t, str) else str(t) for t in tokens]
+    """Visible labels: a space as '␣', a newline as '↵'; ids as numbers."""
+    return [t.replace(" ", "\u2423").replace("\n", "\u21b5") if isinstance(t, str) else str(t)
+            for t in tokens]
 
 
-def plot_attention(att, tokens=None, ax=None, title=None, cmap="viridis"):
+def plot_attention(att, tokens=None, ax=None, title=None, cmap="viridis", fontsize=8):
     """att: (T, S) attention weights (row = query, column = key); tokens label the axes.
 
     >>> fig = plot_attention(np.tril(np.ones((3, 3))) / np.arange(1, 4)[:, None], list("abc"))
@@ -57,8 +59,8 @@ def plot_attention(att, tokens=None, ax=None, title=None, cmap="viridis"):
     ax.imshow(att, cmap=cmap, vmin=0.0, vmax=1.0)
     if tokens is not None:
         labels = _show_tokens(tokens)
-        ax.set_xticks(range(att.shape[1]), labels[-att.shape[1]:], rotation=90, fontsize=8)
-        ax.set_yticks(range(att.shape[0]), labels[-att.shape[0]:], fontsize=8)
+        ax.set_xticks(range(att.shape[1]), labels[-att.shape[1]:], rotation=90, fontsize=fontsize)
+        ax.set_yticks(range(att.shape[0]), labels[-att.shape[0]:], fontsize=fontsize)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
     if title:
@@ -66,8 +68,11 @@ def plot_attention(att, tokens=None, ax=None, title=None, cmap="viridis"):
     return fig if fig is not None else ax.figure
 
 
-def plot_attention_grid(att, tokens=None, titles=None, ncols=None, cmap="viridis"):
-    """att: (n, T, S), e.g. the heads of one layer -> a grid of n maps."""
+def plot_attention_grid(att, tokens=None, titles=None, ncols=None, cmap="viridis", size=None,
+                        fontsize=8):
+    """att: (n, T, S), e.g. the heads of one layer -> a grid of n maps.
+
+    size: inches per map (default grows with S, at most 4.5); tokens label the outer maps only."""
     plt = _pyplot()
     att = np.asarray(att)
     if att.ndim != 3:
@@ -75,11 +80,13 @@ def plot_attention_grid(att, tokens=None, titles=None, ncols=None, cmap="viridis
     n = att.shape[0]
     ncols = ncols or min(n, 4)
     nrows = -(-n // ncols)
-    size = 0.9 + 0.22 * att.shape[-1]
+    size = size or min(0.9 + 0.22 * att.shape[-1], 4.5)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < n:
-            plot_attention(att[i], tokens, ax=ax, title=titles[i] if titles else f"head {i}", cmap=cmap)
+            plot_attention(att[i], tokens, ax=ax, title=titles[i] if titles else f"head {i}",
+                           cmap=cmap, fontsize=fontsize)
+            ax.label_outer()             # tick labels once per row and column
         else:
             ax.axis("off")
     fig.tight_layout()
