@@ -76,9 +76,11 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
                          f"context of block_size={block_size}")
     cache = model.new_kv_cache() if use_cache else None
     logits = model.forward(np.array([context]), kv_cache=cache, last_only=True)[0, -1]
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, greedy, rng)
         yield token
+        if step == max_new_tokens - 1:
+            return                                           # no logits needed after the last
         context.append(token)
         if cache is not None and cache.length < block_size:
             logits = model.forward(np.array([[token]]), kv_cache=cache)[0, -1]    # one new position
