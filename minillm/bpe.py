@@ -356,13 +356,18 @@ class BPETokenizer:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data, source=path)
+
+    @classmethod
+    def from_dict(cls, data, source="tokenizer") -> "BPETokenizer":
+        """Rebuild a tokenizer from :meth:`to_dict`'s output (checkpoints embed it)."""
         if not isinstance(data, dict) or data.get("type") != "bpe":
             found = data.get("type") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"{path}: not a BPE tokenizer file "
+            raise ValueError(f"{source}: not a BPE tokenizer file "
                              f"(expected \"type\": \"bpe\", found {found!r})")
         missing = [k for k in ("pattern", "byte_ids", "merges", "special_tokens") if k not in data]
         if missing:
-            raise ValueError(f"{path}: missing field(s) {missing}")
+            raise ValueError(f"{source}: missing field(s) {missing}")
         try:
             if not isinstance(data["special_tokens"], dict) or not isinstance(data["merges"], list):
                 raise ValueError("'special_tokens' must be an object and 'merges' a list")
@@ -370,7 +375,7 @@ class BPETokenizer:
                 raise ValueError("'pattern' must be a string or null")
             return cls(data["merges"], data["byte_ids"], data["special_tokens"], data["pattern"])
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise ValueError(f"{source}: {e}") from None
 
     @classmethod
     def from_gpt2(cls, folder, special_tokens=(EOT,), pattern="gpt2") -> "BPETokenizer":

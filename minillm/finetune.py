@@ -1,0 +1,319 @@
+"""Fine-tuning: continue training a saved model on a new text, fully or through LoRA adapters.
+
+    base  = a minillm checkpoint folder, or a GPT-2 folder (config.json + model.safetensors +
+            vocab.json + merges.txt, the Hugging Face layout)
+    ids   = tokenizer(new text)         a character the vocabulary lacks is an error, unless
+                                        --extend-vocab appends it (one new row of wte each)
+    full: every weight W is trained (on a copy: the base files are only read)
+    LoRA: W stays frozen, only A (in, r) and B (r, out) are trained:
+            out = x @ W + (alpha / r) * (x @ A) @ B
+          and at the end W_eff = W + (alpha / r) * A @ B is saved as an ordinary checkpoint
+
+The loop is ``train_loop``, the same as ``minillm train``'s; only the defaults differ (see
+FinetuneConfig): the weights are already good, so the steps are smaller and the run is short.
+
+    out_dir/checkpoint.safetensors    the fine-tuned model (LoRA: merged), loads like any run
+    out_dir/tokenizer.json            its tokenizer (extended if characters were added)
+    out_dir/adapters.safetensors      LoRA only: A and B alone, written at every save
+    out_dir/loss.png                  written by the command line at the end
+
+>>> fc = FinetuneConfig(init_from="out", data="new.txt", out_dir="out-ft", lora_rank=4)
+>>> result = finetune(fc)                          # doctest: +SKIP
+>>> result.trainable, result.total                 # doctest: +SKIP
+"""
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint
+from .data import load_text
+from .lora import LoRA, LoRAConfig
+from .model import GPT, GPTConfig
+from .optim import AdamW, OptimConfig
+from .tokenizer import CharTokenizer
+from .train import prepare, train_loop
+
+ADAPTERS = "adapters.safetensors"
+SCHEDULE = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters")   # set by FinetuneConfig
+
+
+@dataclass
+class FinetuneConfig:
+    """What to start from, what to train on, and how gently (one CLI flag per field)."""
+    init_from: str = field(default=None, metadata={
+        "help": "the model to start from: a minillm checkpoint folder, or a GPT-2 folder in the "
+                "Hugging Face layout (config.json, model.safetensors, vocab.json, merges.txt); "
+                "only read, never written"})
+    data: str = field(default=None, metadata={
+        "help": "the new text: a UTF-8 file or a dataset name"})
+    out_dir: str = field(default=None, metadata={
+        "help": "folder for the fine-tuned checkpoint; must differ from --init-from"})
+    max_iters: int = field(default=300, metadata={
+        "help": "training iterations; a few hundred, because the model only has to adapt and "
+                "longer runs mostly overwrite what it knew"})
+    batch_size: int = field(default=12, metadata={"help": "sequences per batch"})
+    learning_rate: float = field(default=3e-4, metadata={
+        "help": "peak learning rate, a third of train's 1e-3: the weights are already good and "
+                "big steps would wreck them (LoRA adapters start at zero and want ~10x more, "
+                "e.g. 3e-3)"})
+    min_lr: float = field(default=3e-5, metadata={
+        "help": "learning rate at the end of the cosine decay, which spans all max_iters"})
+    warmup_iters: int = field(default=20, metadata={
+        "help": "iterations of linear warmup: AdamW starts without moment estimates, so its "
+                "first steps are noisy; 20 is enough for them to settle (capped at max_iters)"})
+    eval_interval: int = field(default=50, metadata={
+        "help": "evaluate every this many iterations (6 points on a 300-iteration curve)"})
+    eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
+    log_interval: int = field(default=10, metadata={
+        "help": "progress update every this many iterations"})
+    seed: int = field(default=1337, metadata={
+        "help": "seed of batches, dropout, new rows and adapters"})
+    extend_vocab: bool = field(default=False, metadata={
+        "help": "character models: append the new text's unknown characters to the vocabulary "
+                "(new rows of wte ~ N(0, 0.02); existing ids unchanged)"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "rank r of LoRA adapters; 0 = full fine-tuning of every weight"})
+    lora_alpha: float = field(default=16.0, metadata={
+        "help": "LoRA scale numerator: updates are scaled by alpha / r"})
+    lora_targets: str = field(default=",".join(LoRAConfig().targets), metadata={
+        "help": "comma-separated projections that get adapters: attn.c_attn, attn.c_proj, "
+                "mlp.c_fc, mlp.c_proj"})
+    watch_data: str = field(default=None, metadata={
+        "help": "another text (e.g. the base model's training text) whose loss on its last tenth "
+                "is measured at every evaluation: how much of it the model forgets"})
+    export_pretrained: str = field(default=None, metadata={
+        "help": "also save the result as a GPT-2 folder here (GPT-2/BPE models only)"})
+    sample_tokens: int = field(default=200, metadata={"help": "tokens sampled at the end (0: none)"})
+
+
+@dataclass
+class FinetuneResult:
+    """What ``finetune`` returns."""
+    model: GPT          # the fine-tuned model (LoRA: merged into one plain GPT)
+    tokenizer: object   # CharTokenizer (extended if characters were added) or BPETokenizer
+    state: dict         # "history" (loss curves), "iter", "best_val", ...
+    base: GPT           # the starting model (with the new rows if any); its arrays are unchanged
+    lora: LoRA = None   # the adapters, for a LoRA run
+    trainable: int = 0  # parameters the optimizer updated
+    total: int = 0      # parameters of the model (LoRA: base + adapters)
+    added: list = None  # characters appended to the vocabulary
+    seconds: float = 0.0
+
+
+def check_config(fc):
+    """ValueError naming the first setting that cannot work (before anything is loaded)."""
+    for name in ("init_from", "data", "out_dir"):
+        if not getattr(fc, name):
+            raise ValueError(f"--{name.replace('_', '-')} is required")
+    for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "log_interval"):
+        value = getattr(fc, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if not fc.learning_rate > 0 or not 0 <= fc.min_lr <= fc.learning_rate:
+        raise ValueError(f"need learning_rate > 0 and 0 <= min_lr <= learning_rate, got "
+                         f"{fc.learning_rate} and {fc.min_lr}")
+    if not isinstance(fc.warmup_iters, int) or fc.warmup_iters < 0:
+        raise ValueError(f"--warmup-iters must be an integer >= 0, got {fc.warmup_iters!r}")
+    if fc.lora_rank < 0:
+        raise ValueError(f"--lora-rank must be >= 1 (or 0 for full fine-tuning), got {fc.lora_rank}")
+    if fc.lora_rank:
+        LoRAConfig(rank=fc.lora_rank, alpha=fc.lora_alpha, targets=fc.lora_targets)  # checks them
+    init = Path(fc.init_from).expanduser()
+    init_dir = (init.parent if init.is_file() else init).resolve()
+    for flag, folder in (("--out-dir", fc.out_dir), ("--export-pretrained", fc.export_pretrained)):
+        if folder and Path(folder).expanduser().resolve() == init_dir:
+            raise ValueError(f"{flag} {folder} is the folder of --init-from; fine-tuning never "
+                             f"modifies the original model, so give a new folder")
+
+
+def optim_config(fc, oc=None):
+    """OptimConfig with the schedule of ``fc`` (warmup of at most max_iters, then cosine decay
+    to min_lr at max_iters); the other settings (betas, eps, weight decay, clipping) from ``oc``,
+    default OptimConfig().
+
+    >>> optim_config(FinetuneConfig(max_iters=10)).warmup_iters
+    10
+    """
+    base = (oc or OptimConfig()).__dict__
+    return OptimConfig(**{**base, "learning_rate": fc.learning_rate, "min_lr": fc.min_lr,
+                          "warmup_iters": min(fc.warmup_iters, fc.max_iters),
+                          "lr_decay_iters": fc.max_iters})
+
+
+def load_base(path):
+    """(model, tokenizer, kind) from a minillm checkpoint ("minillm") or a GPT-2 folder ("gpt2")."""
+    path = Path(path).expanduser()
+    if path.is_file() or (path / CHECKPOINT).is_file():
+        ckpt = load_checkpoint(path)
+        return ckpt.model, ckpt.tokenizer, "minillm"
+    if (path / "config.json").is_file():
+        from .pretrained import load_pretrained
+        model, tokenizer = load_pretrained(path)
+        if tokenizer is None:
+            raise FileNotFoundError(f"{path} has no vocab.json/merges.txt, so its text cannot be "
+                                    "encoded; copy the tokenizer files of the model next to it")
+        return model, tokenizer, "gpt2"
+    raise FileNotFoundError(f"{path} is neither a minillm checkpoint folder ({CHECKPOINT}) nor a "
+                            "GPT-2 folder (config.json + model.safetensors)")
+
+
+def list_chars(chars, limit=20):
+    """"'é', 'ß', '€'": the characters' reprs, at most ``limit`` of them, then "and N more"."""
+    shown = ", ".join(repr(c) for c in chars[:limit])
+    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
+
+
+def add_token_rows(model, n_new, rng):
+    """A new GPT with ``n_new`` rows appended to the token embedding wte (V, C) -> (V + n, C).
+
+    The rows are drawn N(0, 0.02) (GPT-2's initialisation) in float64, then cast to the model's
+    dtype; old rows, and every other array, are the model's own (``model`` is not changed).
+
+    >>> from minillm import GPTConfig
+    >>> m = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
+    >>> add_token_rows(m, 2, np.random.default_rng(0)).params["wte.weight"].shape
+    (7, 4)
+    """
+    wte = model.params["wte.weight"]
+    rows = rng.normal(0.0, 0.02, size=(n_new, wte.shape[1])).astype(wte.dtype)
+    cfg = GPTConfig(**{**model.config.to_dict(), "vocab_size": wte.shape[0] + n_new})
+    return GPT(cfg, params={**model.params, "wte.weight": np.concatenate([wte, rows])})
+
+
+def fit_vocabulary(model, tokenizer, text, extend, rng):
+    """(model, tokenizer, added characters) able to encode ``text``, or a ValueError listing
+    the characters a character model lacks when ``extend`` is False."""
+    if not isinstance(tokenizer, CharTokenizer):
+        if extend:
+            raise ValueError("--extend-vocab works for character models only; a GPT-2 (byte-level "
+                             "BPE) tokenizer can already encode any text")
+        return model, tokenizer, []
+    missing = tokenizer.missing(text)
+    if missing and not extend:
+        raise ValueError(f"the new text has {len(missing)} characters the model's vocabulary "
+                         f"lacks: {list_chars(missing)}; pass --extend-vocab to add them (or "
+                         f"remove them from the text)")
+    if not missing:
+        return model, tokenizer, []
+    tokenizer = tokenizer.extend(missing)              # old ids unchanged, new ones at the end
+    n_new = tokenizer.vocab_size - model.config.vocab_size
+    return (add_token_rows(model, n_new, rng) if n_new > 0 else model), tokenizer, missing
+
+
+def encode_splits(text, tokenizer, description, block_size):
+    """{"train", "val"} token arrays (90% / 10%), checked to hold at least one batch window."""
+    splits = prepare(text, tokenizer)
+    if len(splits["val"]) <= block_size:
+        raise ValueError(f"{description} is too short: its last tenth (the validation part) has "
+                         f"{len(splits['val'])} tokens, but windows of block_size {block_size} "
+                         f"need {block_size + 1}; give at least {10 * (block_size + 2)} tokens")
+    return splits
+
+
+def finetune(fc, oc=None, log=print, progress=None):
+    """Fine-tune ``fc.init_from`` on ``fc.data`` into ``fc.out_dir``; returns a FinetuneResult.
+
+    ``oc`` gives the optimizer settings other than the schedule (see ``optim_config``);
+    ``progress`` replaces the training loop's progress line (see ``train.Progress``).
+    """
+    check_config(fc)
+    oc = optim_config(fc, oc)
+    out_dir = Path(fc.out_dir)
+    # 1. the base model, and the new text encoded with its tokenizer (all checked before training)
+    model, tokenizer, kind = load_base(fc.init_from)
+    log(f"base: {fc.init_from} ({'minillm checkpoint' if kind == 'minillm' else 'GPT-2 folder'}), "
+        f"{model.num_params():,} parameters, vocab {model.config.vocab_size}")
+    if fc.export_pretrained and not hasattr(tokenizer, "to_gpt2"):
+        raise ValueError("--export-pretrained writes a GPT-2 folder, whose vocab.json + merges.txt "
+                         "describe a BPE tokenizer; a character model cannot be exported that way")
+    try:
+        text, description = load_text(fc.data)
+    except IsADirectoryError as e:
+        raise ValueError(str(e)) from None
+    model, tokenizer, added = fit_vocabulary(model, tokenizer, text, fc.extend_vocab,
+                                             np.random.default_rng((fc.seed, 1)))
+    if added:
+        log(f"vocabulary: added {len(added)} characters ({list_chars(added)}) as ids "
+            f"{tokenizer.vocab_size - len(added)}..{tokenizer.vocab_size - 1}")
+    T = model.config.block_size
+    splits = encode_splits(text, tokenizer, description, T)
+    if fc.watch_data:
+        watch_text, watch_description = load_text(fc.watch_data)
+        if isinstance(tokenizer, CharTokenizer) and tokenizer.missing(watch_text):
+            raise ValueError(f"the --watch-data text has characters the vocabulary lacks: "
+                             f"{list_chars(tokenizer.missing(watch_text))}")
+        splits["watch"] = encode_splits(watch_text, tokenizer, watch_description, T)["val"]
+    log(f"data: {description}, {len(splits['train']):,} train and {len(splits['val']):,} val tokens")
+
+    # 2. what is trained: adapters A and B next to frozen weights, or a copy of every weight
+    if fc.lora_rank:
+        lcfg = LoRAConfig(rank=fc.lora_rank, alpha=fc.lora_alpha, targets=fc.lora_targets)
+        lora = LoRA(model, lcfg, rng=np.random.default_rng((fc.seed, 2)))
+        trained, params = lora, lora.adapters                  # AdamW sees A and B only
+        trainable, total = lora.num_trainable(), lora.num_total()
+        if added:
+            log(f"note: LoRA trains the adapters only, so the {len(added)} new embedding rows keep "
+                "their random values; full fine-tuning (no --lora-rank) learns them")
+    else:
+        lora = None
+        trained = GPT(model.config, seed=fc.seed,
+                      params={k: v.copy() for k, v in model.params.items()})   # base untouched
+        params = trained.params
+        trainable = total = trained.num_params()
+    how = f", LoRA rank {lcfg.rank} alpha {lcfg.alpha:g} on {', '.join(lcfg.targets)}" if lora else ""
+    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){how}")
+    # 3. the loop of `minillm train`, saving into out_dir (never into init_from)
+    optimizer = AdamW(params, lr=oc.learning_rate, betas=(oc.beta1, oc.beta2), eps=oc.eps,
+                      weight_decay=oc.weight_decay)
+    state = {"iter": 0, "best_val": float("inf"), "history": {"train": [], "eval": []},
+             "rng": rng_state(np.random.default_rng(fc.seed))}
+    configs = {"finetune": fc.__dict__, "optim": oc.__dict__,
+               "lora": lcfg.__dict__ if lora else None, "added_chars": added}
+
+    def save(state):
+        if lora is not None:
+            lora.save(out_dir / ADAPTERS)
+        else:
+            save_checkpoint(out_dir, trained, tokenizer, None, {**state, "configs": configs})
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out_dir / "tokenizer.json")
+    t0 = time.perf_counter()
+    state = train_loop(trained, optimizer, splits, fc, oc, state, save, log=progress, block_size=T)
+    seconds = time.perf_counter() - t0
+    # 4. the result: LoRA's W + (alpha / r) A @ B merged into a plain GPT, loadable like any run
+    final = lora.merge() if lora is not None else trained
+    if lora is not None:
+        save_checkpoint(out_dir, final, tokenizer, None, {**state, "configs": configs})
+    if fc.export_pretrained:
+        from .pretrained import save_pretrained
+        save_pretrained(final, fc.export_pretrained, tokenizer)
+        log(f"exported a GPT-2 folder to {fc.export_pretrained}")
+    return FinetuneResult(final, tokenizer, state, model, lora, trainable, total, added, seconds)
+
+
+def plot_finetune(history, path=None, title="minillm fine-tuning", labels=None):
+    """``viz.plot_losses`` plus one dashed curve per extra evaluated text (history["eval_extra"],
+    e.g. "watch"); ``labels`` renames them in the legend, e.g. {"watch": "Shakespeare val"}."""
+    from .viz import plot_losses
+    fig = plot_losses(history, None, title)
+    ax = fig.axes[0]
+    for name, points in history.get("eval_extra", {}).items():
+        pts = np.asarray(points, dtype=float).reshape(-1, 2)
+        label = (labels or {}).get(name, f"{name} text") + " (eval)"
+        ax.plot(pts[:, 0], pts[:, 1], "s--", label=label)
+    ax.legend()
+    if path is not None:
+        import matplotlib.pyplot as plt
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def sample_prompt(tokenizer):
+    """A one-token prompt the tokenizer can encode: a newline if possible, else its first token."""
+    if not isinstance(tokenizer, CharTokenizer) or "\n" in tokenizer.stoi:
+        return "\n"
+    return tokenizer.chars[0]
