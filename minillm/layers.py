@@ -167,25 +167,43 @@ def layernorm_backward(dout, cache):
 # ----------------------------------------------------------------------------------------------
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)   # a Python float: it never promotes float32 to float64
+GELU_A = -2.0 * GELU_SCALE              # -2z = x * (GELU_A + GELU_B * x^2)
+GELU_B = -2.0 * GELU_SCALE * 0.044715
 
 
 def gelu_forward(x):
-    """GELU(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), element-wise.
+    """GELU(x) = 0.5 x (1 + tanh(z)),  z = sqrt(2/pi) (x + 0.044715 x^3), element-wise.
 
-    x: any shape -> out: same shape. The cache keeps x and the tanh term, which backward reuses.
-    ``x * x * x`` instead of ``x ** 3``: the power is many times slower on float32.
+    Computed through the identity 0.5 (1 + tanh(z)) = sigmoid(2z) = 1 / (1 + exp(-2z)):
+    GELU(x) = x * s with s = sigmoid(2z), the same function with one exp instead of a tanh and
+    fewer passes over the array. x: any shape -> out: same shape. The cache keeps x and s.
+    ``x * x`` instead of ``x ** 2``: powers are many times slower on float32.
     """
-    t = np.tanh(GELU_SCALE * (x + 0.044715 * (x * x * x)))
-    out = 0.5 * x * (1.0 + t)
-    return out, (x, t)
+    s = x * x
+    s *= GELU_B
+    s += GELU_A
+    s *= x                                             # -2z
+    with np.errstate(over="ignore"):                   # exp(+large) = inf gives s = 0: correct
+        np.exp(s, out=s)
+    s += 1.0
+    np.reciprocal(s, out=s)                            # s = sigmoid(2z)
+    return x * s, (x, s)
 
 
 def gelu_backward(dout, cache):
-    """d GELU/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
-    x, t = cache
-    dt = GELU_SCALE * (1.0 + (3.0 * 0.044715) * (x * x))
-    local = 0.5 * (1.0 + t) + (0.5 * x) * (1.0 - t * t) * dt
-    return dout * local
+    """d GELU/dx = s + x * 2 s (1 - s) * dz/dx,  dz/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2),
+
+    since d sigmoid(2z)/dz = 2 s (1 - s). (In tanh form: 0.5 (1 + t) + 0.5 x (1 - t^2) dz/dx.)"""
+    x, s = cache
+    g = x * x
+    g *= -3.0 * GELU_B                                 # 2 * dz/dx = -GELU_A - 3 GELU_B x^2
+    g -= GELU_A
+    g *= x
+    g *= 1.0 - s
+    g += 1.0
+    g *= s
+    g *= dout
+    return g
 
 
 # ----------------------------------------------------------------------------------------------

@@ -88,9 +88,21 @@ def test_gelu(rng):
 
 
 def test_gelu_values():
-    x = np.array([-3.0, -0.5, 0.0, 0.5, 3.0])
+    x = np.array([-12.0, -3.0, -0.5, 0.0, 0.5, 3.0, 12.0])
     expected = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
-    assert np.allclose(gelu_forward(x)[0], expected, rtol=1e-15, atol=0)
+    assert np.allclose(gelu_forward(x)[0], expected, rtol=1e-13, atol=1e-16)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_far_from_zero_is_exact_and_quiet(dtype):
+    import warnings
+    x = np.array([-1e4, -60.0, -30.0, 30.0, 1e4], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # exp overflow must not warn
+        out, cache = gelu_forward(x)
+        grad = gelu_backward(np.ones_like(x), cache)
+    assert out.dtype == dtype and np.all(out[:3] == 0) and np.all(out[3:] == x[3:])
+    assert np.all(grad[:3] == 0) and np.all(grad[3:] == 1)
 
 
 def test_softmax(rng):
