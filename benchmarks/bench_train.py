@@ -8,7 +8,9 @@
    peak memory of the process (before torch is imported) and the val loss at the end.
 2. Times a training iteration of minillm and of the same model in PyTorch (when installed) from
    the same weights, alternating rounds in this one run (the machine is shared and noisy: only
-   side-by-side ratios mean anything), and prints both medians and the ratio.
+   side-by-side ratios mean anything), and prints both medians and the ratio. With --torch-full,
+   also trains the PyTorch model for --iters iterations on the same batches and prints its val
+   loss: the reference for how well this exact model learns.
 3. Generation tokens/s with and without the KV cache.
 """
 import argparse
@@ -66,6 +68,37 @@ def full_run(cfg, splits, iters, oc):
     return model
 
 
+def torch_step(net, topt, data, it, oc, rng, torch, B=12, T=64):
+    x, y = get_batch(data, T, B, rng)
+    _, loss = net(torch.from_numpy(x), torch.from_numpy(y))
+    topt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), oc.grad_clip)
+    for g in topt.param_groups:
+        g["lr"] = lr_schedule(it, oc.learning_rate, oc.min_lr, oc.warmup_iters, oc.lr_decay_iters)
+    topt.step()
+    return loss.item()
+
+
+def torch_full_run(cfg, splits, iters, oc):
+    """The same model, init, batches and schedule in PyTorch; val loss on the same eval batches."""
+    import torch
+    from torch_gpt import TorchGPT
+    torch.set_num_threads(blas_threads() or torch.get_num_threads())
+    net = TorchGPT.from_minillm(GPT(cfg, seed=1337))
+    topt = net.optimizer(oc.learning_rate, (oc.beta1, oc.beta2), oc.weight_decay)
+    rng = np.random.default_rng(1337)
+    for it in range(iters):
+        torch_step(net, topt, splits["train"], it, oc, rng, torch)
+    erng, losses = np.random.default_rng(0), {}
+    with torch.no_grad():
+        for name in ("train", "val"):
+            losses[name] = np.mean([net(*map(torch.from_numpy, get_batch(splits[name], 64, 12, erng)))[1].item()
+                                    for _ in range(200)])
+    print(f"PyTorch, same model and batches, {iters} iterations: train loss {losses['train']:.4f}, "
+          f"val loss {losses['val']:.4f} (200 eval batches)")
+
+
 def side_by_side(cfg, data, oc, rounds, steps):
     try:
         import torch
@@ -88,14 +121,7 @@ def side_by_side(cfg, data, oc, rounds, steps):
             ours.append(time.perf_counter() - t0)
         for it in range(steps):
             t0 = time.perf_counter()
-            x, y = get_batch(data, cfg.block_size, 12, trng)
-            _, loss = net(torch.from_numpy(x), torch.from_numpy(y))
-            topt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), oc.grad_clip)
-            for g in topt.param_groups:
-                g["lr"] = lr_schedule(it, oc.learning_rate, oc.min_lr, oc.warmup_iters, oc.lr_decay_iters)
-            topt.step()
+            torch_step(net, topt, data, it, oc, trng, torch)
             theirs.append(time.perf_counter() - t0)
     a, b = 1000 * np.median(ours[steps // 2:]), 1000 * np.median(theirs[steps // 2:])
     print(f"training iteration, {rounds} alternating rounds of {steps} steps, {threads} threads each "
@@ -124,6 +150,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="steps per timing round")
     ap.add_argument("--tokens", type=int, default=500, help="tokens to generate")
     ap.add_argument("--data", default=str(SHARED) if SHARED.exists() else None)
+    ap.add_argument("--torch-full", action="store_true", help="also train the PyTorch model fully")
     args = ap.parse_args()
     keep_freed_memory()
     text, desc = load_text(args.data)
@@ -138,6 +165,8 @@ def main():
     print(f"generation, greedy, prompt 'ROMEO:'{' (untrained model)' if not args.iters else ''}:")
     generation(model, tokenizer, args.tokens)
     side_by_side(cfg, splits["train"], oc, args.rounds, args.steps)
+    if args.torch_full and args.iters:
+        torch_full_run(cfg, splits, args.iters, oc)
 
 
 if __name__ == "__main__":
