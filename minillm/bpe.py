@@ -34,9 +34,9 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from .files import atomic_write_text, read_json
 from .gpt2_tokenizer import (
     GPT2_PATTERN,
-    atomic_write_text,
     bytes_to_token,
     compile_pattern,
     parse_gpt2_vocab,
@@ -349,14 +349,7 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BPETokenizer":
         """Read a file written by :meth:`save`; bad files raise ValueError."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: tokenizer file not found")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(read_json(path, "tokenizer file"), source=path)
 
     @classmethod
     def from_dict(cls, data, source="tokenizer") -> "BPETokenizer":

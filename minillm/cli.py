@@ -116,13 +116,14 @@ def cmd_sample(args):
 
 
 def cmd_finetune(args):
-    from .finetune import finetune, plot_finetune, sample_prompt
+    from .finetune import finetune, sample_prompt
+    from .viz import plot_losses
     fc = config_from_args(FinetuneConfig, args)
     oc = config_from_args(OptimConfig, args)           # the schedule comes from FinetuneConfig
     result = finetune(fc, oc)
     state = result.state
     png = Path(fc.out_dir) / "loss.png"
-    plot_finetune(state["history"], png, labels={"watch": f"{fc.watch_data} (last tenth)"})
+    plot_losses(state["history"], png, "minillm fine-tuning", labels={"watch": f"{fc.watch_data} (last tenth)"})
     what = "merged checkpoint, adapters.safetensors" if result.lora else "checkpoint"
     print(f"\nsaved {what} and loss curve in {fc.out_dir}/ (best val loss {state['best_val']:.4f})"
           + (" after an interruption" if state.get("interrupted") else ""))

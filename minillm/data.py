@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_open
+from .files import atomic_open
 
 
 @dataclass(frozen=True)

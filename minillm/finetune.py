@@ -294,24 +294,6 @@ def finetune(fc, oc=None, log=print, progress=None):
     return FinetuneResult(final, tokenizer, state, model, lora, trainable, total, added, seconds)
 
 
-def plot_finetune(history, path=None, title="minillm fine-tuning", labels=None):
-    """``viz.plot_losses`` plus one dashed curve per extra evaluated text (history["eval_extra"],
-    e.g. "watch"); ``labels`` renames them in the legend, e.g. {"watch": "Shakespeare val"}."""
-    from .viz import plot_losses
-    fig = plot_losses(history, None, title)
-    ax = fig.axes[0]
-    for name, points in history.get("eval_extra", {}).items():
-        pts = np.asarray(points, dtype=float).reshape(-1, 2)
-        label = (labels or {}).get(name, f"{name} text") + " (eval)"
-        ax.plot(pts[:, 0], pts[:, 1], "s--", label=label)
-    ax.legend()
-    if path is not None:
-        import matplotlib.pyplot as plt
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-    return fig
-
-
 def sample_prompt(tokenizer):
     """A one-token prompt the tokenizer can encode: a newline if possible, else its first token."""
     if not isinstance(tokenizer, CharTokenizer) or "\n" in tokenizer.stoi:

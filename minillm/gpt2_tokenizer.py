@@ -32,7 +32,7 @@ import os
 import re
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from .files import atomic_write_text, read_json
 
 # GPT-2's pre-tokenizer: split text into chunks (English contractions,
 # letters, digits, other symbols, whitespace) that BPE never merges across.
@@ -126,13 +126,7 @@ def split_special_tokens(text: str, specials) -> list[str]:
 
 def read_vocab_json(path: str | os.PathLike) -> dict[str, int]:
     """Read ``vocab.json`` as ``{token string: id}``, checking its shape."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: vocabulary file not found")
-    try:
-        vocab = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    vocab = read_json(path, "vocabulary file")
     if not isinstance(vocab, dict):
         raise ValueError(f"{path}: expected a JSON object {{token: id}}, got {type(vocab).__name__}")
     owner: dict[int, str] = {}

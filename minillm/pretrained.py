@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from .bpe import BPETokenizer
-from .gpt2_tokenizer import GPT2_PATTERN, atomic_write_text, parse_gpt2_vocab
+from .files import atomic_write_text, read_json
+from .gpt2_tokenizer import GPT2_PATTERN, parse_gpt2_vocab
 from .model import GPT, GPTConfig, param_shapes
 from .safetensors import load_file, save_file
 
@@ -106,13 +107,6 @@ def config_to_gpt2(cfg, tokenizer=None):
     }
 
 
-def _read_json(path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 # -- model.safetensors -----------------------------------------------------------------------------
 
 def _read_tensors(folder):
@@ -121,7 +115,7 @@ def _read_tensors(folder):
     if single.is_file():
         files = [single]
     elif index.is_file():                                  # sharded: index.json names the shards
-        data = _read_json(index)
+        data = read_json(index)
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: expected a \"weight_map\" object")
@@ -191,7 +185,7 @@ def load_pretrained_model(folder, dtype="float32"):
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not found; a GPT-2 folder needs config.json "
                                 "next to model.safetensors")
-    hf = _read_json(config_path)
+    hf = read_json(config_path)
     if not isinstance(hf, dict):
         raise ValueError(f"{config_path}: expected a JSON object")
     cfg = config_from_gpt2(hf, dtype, config_path)
@@ -213,7 +207,7 @@ def load_pretrained_tokenizer(folder):
         raise FileNotFoundError(f"{folder / other}: not found, but {have[0]} is there; "
                                 "GPT-2's tokenizer needs both files")
     path = folder / "tokenizer.json"
-    return _tokenizer_from_json(path, _read_json(path)) if path.is_file() else None
+    return _tokenizer_from_json(path, read_json(path)) if path.is_file() else None
 
 
 def _tokenizer_from_json(path, data):

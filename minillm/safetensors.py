@@ -49,7 +49,7 @@ import os
 
 import numpy as np
 
-from .atomic import atomic_open
+from .files import atomic_open
 
 __all__ = ["load_file", "save_file", "read_header", "read_metadata"]
 

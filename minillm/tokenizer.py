@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .files import atomic_write_text, read_json
 
 # How many distinct unknown characters an error message spells out before saying "and N more".
 _MAX_LISTED = 10
@@ -282,15 +282,7 @@ def _bad_id_message(i, pos, vocab_size):
 
 def _read_json(path):
     """Read a tokenizer JSON file: a dict with a string "type". Errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text: {e.reason} at byte offset {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    data = read_json(path, "tokenizer file")
     if not isinstance(data, dict):
         raise ValueError(f"{path} should hold a JSON object, found {type(data).__name__}")
     if "type" not in data:

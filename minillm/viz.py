@@ -14,8 +14,10 @@ def _pyplot():
     return plt
 
 
-def plot_losses(history, path=None, title="minillm training"):
-    """history: {"train": [loss per iteration], "eval": [[iter, train, val], ...]}."""
+def plot_losses(history, path=None, title="minillm training", labels=None):
+    """history: {"train": [loss per iteration], "eval": [[iter, train, val], ...]}, and after a
+    fine-tuning run with a watched text also {"eval_extra": {name: [[iter, loss], ...]}}, drawn
+    dashed; ``labels`` renames those in the legend, e.g. {"watch": "Shakespeare val"}."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     train = np.asarray(history.get("train", []), dtype=float)
@@ -25,6 +27,9 @@ def plot_losses(history, path=None, title="minillm training"):
     if len(ev):
         ax.plot(ev[:, 0], ev[:, 1], "o-", label="train (eval)")
         ax.plot(ev[:, 0], ev[:, 2], "o-", label="val (eval)")
+    for name, points in history.get("eval_extra", {}).items():
+        pts = np.asarray(points, dtype=float).reshape(-1, 2)
+        ax.plot(pts[:, 0], pts[:, 1], "s--", label=(labels or {}).get(name, f"{name} text") + " (eval)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy loss (nats)")
     ax.set_title(title)

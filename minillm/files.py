@@ -1,6 +1,7 @@
-"""Write files so that a reader (or a crash) never sees half of one.
+"""Reading JSON with clear errors, and writing files so that a reader (or a crash) never sees
+half of one.
 
-The data goes to a uniquely named temporary file in the destination's folder; only when it is
+Writing: the data goes to a uniquely named temporary file in the destination's folder; only when it is
 complete does ``os.replace`` swap it in, in one step. A failure removes the temporary file and
 leaves any earlier file untouched. The file gets ordinary permissions (umask), unlike
 ``tempfile.mkstemp``'s private 0600.
@@ -11,6 +12,7 @@ leaves any earlier file untouched. The file gets ordinary permissions (umask), u
 >>> path.read_text()
 'hi\\n'
 """
+import json
 import os
 import uuid
 from contextlib import contextmanager
@@ -39,3 +41,18 @@ def atomic_write_text(path, text):
     """Write a UTF-8 text file atomically (newlines written as they are)."""
     with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
+
+
+def read_json(path, what="file"):
+    """Parse a UTF-8 JSON file; a missing or malformed one raises an error naming it.
+
+    ``what`` names the file in the messages, e.g. "tokenizer file" or "vocabulary file"."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text: {e.reason} at byte offset {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
