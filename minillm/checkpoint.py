@@ -12,6 +12,7 @@ safetensors writer does) swaps a complete checkpoint for another: a run killed m
 its last good checkpoint.
 """
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,14 @@ def tokenizer_from_dict(d, source):
     raise ValueError(f"{source}: unknown tokenizer type {d.get('type')!r}")
 
 
+@dataclass
 class Checkpoint:
-    """What ``load_checkpoint`` returns: model, tokenizer, optimizer state and run state."""
-
-    def __init__(self, model, tokenizer, adam, state, path):
-        self.model, self.tokenizer, self.adam, self.state, self.path = model, tokenizer, adam, state, path
+    """What ``load_checkpoint`` returns."""
+    model: GPT
+    tokenizer: object         # CharTokenizer or BPETokenizer
+    adam: dict                # {"t", "m", "v"} for AdamW.load_state_dict, or None
+    state: dict               # iteration, RNG state, loss history, configs
+    path: Path
 
 
 def load_checkpoint(path, dtype=None):

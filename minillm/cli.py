@@ -135,7 +135,8 @@ def cmd_finetune(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="minillm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="minillm", description="Train a GPT written in NumPy, sample from it, fine-tune it.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a character-level GPT on a text",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
