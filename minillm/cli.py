@@ -123,7 +123,8 @@ def cmd_finetune(args):
     result = finetune(fc, oc)
     state = result.state
     png = Path(fc.out_dir) / "loss.png"
-    plot_losses(state["history"], png, "minillm fine-tuning", labels={"watch": f"{fc.watch_data} (last tenth)"})
+    plot_losses(state["history"], png, "minillm fine-tuning",
+                labels={"watch": f"{fc.watch_data} (last tenth)"})
     what = "merged checkpoint, adapters.safetensors" if result.lora else "checkpoint"
     print(f"\nsaved {what} and loss curve in {fc.out_dir}/ (best val loss {state['best_val']:.4f})"
           + (" after an interruption" if state.get("interrupted") else ""))

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .data import load_text
 from .lora import LoRA, LoRAConfig
 from .model import GPT, GPTConfig
 from .optim import AdamW, OptimConfig
 from .tokenizer import CharTokenizer
-from .train import prepare, train_loop
+from .train import new_state, prepare, train_loop
 
 ADAPTERS = "adapters.safetensors"
 SCHEDULE = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters")   # set by FinetuneConfig
@@ -267,8 +267,7 @@ def finetune(fc, oc=None, log=print, progress=None):
     # 3. the loop of `minillm train`, saving into out_dir (never into init_from)
     optimizer = AdamW(params, lr=oc.learning_rate, betas=(oc.beta1, oc.beta2), eps=oc.eps,
                       weight_decay=oc.weight_decay)
-    state = {"iter": 0, "best_val": float("inf"), "history": {"train": [], "eval": []},
-             "rng": rng_state(np.random.default_rng(fc.seed))}
+    state = new_state(fc.seed)
     configs = {"finetune": fc.__dict__, "optim": oc.__dict__,
                "lora": lcfg.__dict__ if lora else None, "added_chars": added}
 
@@ -281,7 +280,7 @@ def finetune(fc, oc=None, log=print, progress=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir / "tokenizer.json")
     t0 = time.perf_counter()
-    state = train_loop(trained, optimizer, splits, fc, oc, state, save, log=progress, block_size=T)
+    state = train_loop(trained, optimizer, splits, fc, oc, state, save, progress=progress, block_size=T)
     seconds = time.perf_counter() - t0
     # 4. the result: LoRA's W + (alpha / r) A @ B merged into a plain GPT, loadable like any run
     final = lora.merge() if lora is not None else trained

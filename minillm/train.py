@@ -109,11 +109,12 @@ def estimate_loss(model, splits, block_size, batch_size, eval_iters, rng):
             for name, data in splits.items()}
 
 
-def train_loop(model, optimizer, splits, tc, oc, state, save, log=None, block_size=None):
+def train_loop(model, optimizer, splits, tc, oc, state, save, progress=None, block_size=None):
     """Run iterations state["iter"] .. tc.max_iters - 1 of ``model`` (anything with
     ``loss_and_grads``/``loss``), saving with ``save(state)``.
 
     state holds "iter", "rng", "history" and "best_val"; it is updated in place and returned.
+    progress: what shows the progress line and messages (default: a ``Progress`` on stderr).
     block_size: the context length T of the batches; default ``model.config.block_size`` (give it
     for a wrapper without one, e.g. a LoRA around a GPT). splits: "train" and "val" token arrays,
     plus optionally more (e.g. the base corpus while fine-tuning), which are only evaluated:
@@ -122,7 +123,7 @@ def train_loop(model, optimizer, splits, tc, oc, state, save, log=None, block_si
     block_size = model.config.block_size if block_size is None else block_size
     rng = rng_from_state(state["rng"])
     hist = state["history"]
-    progress = log or Progress(tc.max_iters, tc.batch_size * block_size, tc.log_interval)
+    progress = progress or Progress(tc.max_iters, tc.batch_size * block_size, tc.log_interval)
 
     def evaluate(it):
         losses = estimate_loss(model, splits, block_size, tc.batch_size, tc.eval_iters,
@@ -168,6 +169,12 @@ def train_loop(model, optimizer, splits, tc, oc, state, save, log=None, block_si
     return state
 
 
+def new_state(seed):
+    """The run state of a fresh run: iteration 0, no history, a generator seeded by ``seed``."""
+    return {"iter": 0, "best_val": float("inf"), "history": {"train": [], "eval": []},
+            "rng": rng_state(np.random.default_rng(seed))}
+
+
 def prepare(text, tokenizer):
     """Encode the whole text once and split it 90% / 10%."""
     data = tokenizer.encode_array(text) if hasattr(tokenizer, "encode_array") else \
@@ -190,8 +197,7 @@ def train(tc, mc, oc, log=print):
         tokenizer = CharTokenizer.from_text(text)
         mc = GPTConfig(**{**mc.to_dict(), "vocab_size": tokenizer.vocab_size})
         model = GPT(mc, seed=tc.seed)
-        state = {"iter": 0, "best_val": float("inf"), "history": {"train": [], "eval": []},
-                 "rng": rng_state(np.random.default_rng(tc.seed))}
+        state = new_state(tc.seed)
     splits = prepare(text, tokenizer)
     optimizer = AdamW(model.params, lr=oc.learning_rate, betas=(oc.beta1, oc.beta2), eps=oc.eps,
                       weight_decay=oc.weight_decay)
