@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from minillm.bpe import BPETokenizer  # noqa: E402
+from minillm.tokenizers.bpe import BPETokenizer  # noqa: E402
 
 DEFAULT_TEXT = REPO / ".." / "shared" / "data" / "tinyshakespeare.txt"
 

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout
 
 from minillm import GPT, GPTConfig                                # noqa: E402
-from minillm.generate import generate                             # noqa: E402
+from minillm.core.sampling import generate                             # noqa: E402
 from minillm.pretrained import save_pretrained                    # noqa: E402
 
 GPT2_SMALL = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)

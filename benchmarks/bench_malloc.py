@@ -18,7 +18,7 @@ STEP = """
 import sys, time, numpy as np
 sys.path.insert(0, {root!r})
 if {keep}:
-    from minillm.malloc import keep_freed_memory
+    from minillm.training.malloc import keep_freed_memory
     keep_freed_memory()
 from minillm import GPT, GPTConfig
 model = GPT(GPTConfig(), seed=0)

@@ -23,15 +23,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "reference"))
 from minillm import GPT, GPTConfig  # noqa: E402
-from minillm.data import get_batch, load_text, split  # noqa: E402
-from minillm.generate import generate  # noqa: E402
-from minillm.malloc import keep_freed_memory  # noqa: E402
-from minillm.optim import AdamW, OptimConfig, clip_grad_norm, lr_schedule  # noqa: E402
-from minillm.tokenizer import CharTokenizer  # noqa: E402
-from minillm.train import estimate_loss  # noqa: E402
+from minillm.training.data import get_batch, load_text, split  # noqa: E402
+from minillm.core.sampling import generate  # noqa: E402
+from minillm.training.malloc import keep_freed_memory  # noqa: E402
+from minillm.core.optim import AdamW, OptimConfig, clip_grad_norm, lr_schedule  # noqa: E402
+from minillm.tokenizers import CharTokenizer  # noqa: E402
+from minillm.training.train import estimate_loss  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def blas_threads():
@@ -52,7 +52,7 @@ def minillm_step(model, opt, data, it, oc, rng, B=12):
 
 def full_run(cfg, splits, iters, oc):
     model = GPT(cfg, seed=1337)
-    opt = AdamW(model.params, lr=oc.learning_rate, betas=(oc.beta1, oc.beta2), weight_decay=oc.weight_decay)
+    opt = AdamW.from_config(model.params, oc)
     rng = np.random.default_rng(1337)
     times = []
     for it in range(iters):
@@ -69,11 +69,13 @@ def full_run(cfg, splits, iters, oc):
 
 
 def torch_step(net, topt, data, it, oc, rng, torch, B=12, T=64):
+    from torch_gpt import gpt_forward
+    params, config = net
     x, y = get_batch(data, T, B, rng)
-    _, loss = net(torch.from_numpy(x), torch.from_numpy(y))
+    _, loss = gpt_forward(params, torch.from_numpy(x), torch.from_numpy(y), config)
     topt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), oc.grad_clip)
+    torch.nn.utils.clip_grad_norm_(params.values(), oc.grad_clip)
     for g in topt.param_groups:
         g["lr"] = lr_schedule(it, oc.learning_rate, oc.min_lr, oc.warmup_iters, oc.lr_decay_iters)
     topt.step()
@@ -83,18 +85,19 @@ def torch_step(net, topt, data, it, oc, rng, torch, B=12, T=64):
 def torch_full_run(cfg, splits, iters, oc):
     """The same model, init, batches and schedule in PyTorch; val loss on the same eval batches."""
     import torch
-    from torch_gpt import TorchGPT
+    from torch_gpt import adamw, gpt_forward, params_from_minillm
     torch.set_num_threads(blas_threads() or torch.get_num_threads())
-    net = TorchGPT.from_minillm(GPT(cfg, seed=1337))
-    topt = net.optimizer(oc.learning_rate, (oc.beta1, oc.beta2), oc.weight_decay)
+    params = params_from_minillm(GPT(cfg, seed=1337))
+    net, topt = (params, cfg), adamw(params, oc)
     rng = np.random.default_rng(1337)
     for it in range(iters):
         torch_step(net, topt, splits["train"], it, oc, rng, torch)
     erng, losses = np.random.default_rng(0), {}
     with torch.no_grad():
         for name in ("train", "val"):
-            losses[name] = np.mean([net(*map(torch.from_numpy, get_batch(splits[name], 64, 12, erng)))[1].item()
-                                    for _ in range(200)])
+            losses[name] = np.mean([
+                gpt_forward(params, *map(torch.from_numpy, get_batch(splits[name], 64, 12, erng)),
+                            cfg)[1].item() for _ in range(200)])
     print(f"PyTorch, same model and batches, {iters} iterations: train loss {losses['train']:.4f}, "
           f"val loss {losses['val']:.4f} (200 eval batches)")
 
@@ -102,16 +105,16 @@ def torch_full_run(cfg, splits, iters, oc):
 def side_by_side(cfg, data, oc, rounds, steps):
     try:
         import torch
-        from torch_gpt import TorchGPT
+        from torch_gpt import adamw, params_from_minillm
     except ImportError:
         print("torch not installed: PyTorch comparison skipped")
         return
     threads = blas_threads() or torch.get_num_threads()
     torch.set_num_threads(threads)
     model = GPT(cfg, seed=0)
-    net = TorchGPT.from_minillm(model)
-    opt = AdamW(model.params, lr=oc.learning_rate, betas=(oc.beta1, oc.beta2), weight_decay=oc.weight_decay)
-    topt = net.optimizer(oc.learning_rate, (oc.beta1, oc.beta2), oc.weight_decay)
+    params = params_from_minillm(model)
+    net, topt = (params, cfg), adamw(params, oc)
+    opt = AdamW.from_config(model.params, oc)
     rng, trng = np.random.default_rng(0), np.random.default_rng(0)
     ours, theirs = [], []
     for r in range(rounds):
@@ -149,7 +152,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     ap.add_argument("--steps", type=int, default=20, help="steps per timing round")
     ap.add_argument("--tokens", type=int, default=500, help="tokens to generate")
-    ap.add_argument("--data", default=str(SHARED) if SHARED.exists() else None)
+    ap.add_argument("--data", default=None, help="a text file (default: Tiny Shakespeare)")
     ap.add_argument("--torch-full", action="store_true", help="also train the PyTorch model fully")
     args = ap.parse_args()
     keep_freed_memory()

@@ -1,8 +1,8 @@
 """The command line: ``python -m minillm train | sample | finetune``.
 
 Options are built from the dataclass configs (GPTConfig, OptimConfig, TrainConfig, ...): one
-``--flag`` per field, with the field's default and help text, so the CLI and the Python API
-cannot drift apart.
+``--flag`` per field, with the field's default, help text and (where the field lists them)
+choices, so the CLI and the Python API cannot drift apart.
 """
 import argparse
 import dataclasses
@@ -11,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .finetune import SCHEDULE, FinetuneConfig
-from .data import DownloadError
-from .malloc import keep_freed_memory
-from .model import GPTConfig
-from .optim import OptimConfig
-from .train import TrainConfig, TrainingDiverged
-
-
-TYPES = {"int": int, "float": float, "str": str, "bool": bool}   # for string annotations
+from . import __version__
+from .core.config import GPTConfig
+from .core.optim import OptimConfig
+from .core.sampling import generate
+from .formats.checkpoint import load_model
+from .tokenizers import CharTokenizer, stream_decode
+from .training.data import DownloadError
+from .training.finetune import SCHEDULE, FinetuneConfig, finetune
+from .training.malloc import keep_freed_memory
+from .training.train import TrainConfig, TrainingDiverged, train
+from .training.viz import plot_losses
 
 
 def add_config_args(parser, cls, skip=(), title=None):
@@ -29,14 +31,11 @@ def add_config_args(parser, cls, skip=(), title=None):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        kind = f.type if isinstance(f.type, type) else TYPES.get(str(f.type).split(" ")[0], str)
-        if kind is bool:
-            group.add_argument(flag, dest=f.name, default=f.default, help=help_text,
-                               action=argparse.BooleanOptionalAction)
+        options = dict(dest=f.name, default=f.default, help=f.metadata.get("help", ""))
+        if f.type is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         else:
-            group.add_argument(flag, dest=f.name, default=f.default, type=kind,
-                               help=f"{help_text} (default: {f.default})")
+            group.add_argument(flag, type=f.type, choices=f.metadata.get("choices"), **options)
 
 
 def config_from_args(cls, args, **overrides):
@@ -47,30 +46,35 @@ def config_from_args(cls, args, **overrides):
 @dataclasses.dataclass
 class SampleConfig:
     """How to continue a prompt."""
-    ckpt: str = dataclasses.field(default=None, metadata={"help": "checkpoint folder of minillm train"})
+    ckpt: str = dataclasses.field(default=None, metadata={
+        "help": "the model: a minillm run folder, or a GPT-2 folder in the Hugging Face layout "
+                "(config.json, model.safetensors, vocab.json, merges.txt)"})
     pretrained: str = dataclasses.field(default=None, metadata={
-        "help": "a GPT-2 folder in the Hugging Face layout (config.json, model.safetensors, "
-                "vocab.json, merges.txt)"})
+        "help": "a GPT-2 folder (the same as --ckpt with such a folder)"})
     prompt: str = dataclasses.field(default="\n", metadata={"help": "text to continue"})
     max_new_tokens: int = dataclasses.field(default=500, metadata={"help": "tokens to generate"})
-    temperature: float = dataclasses.field(default=0.8, metadata={"help": "< 1 sharper, > 1 flatter"})
-    top_k: int = dataclasses.field(default=None, metadata={"help": "sample among the k most likely tokens"})
-    top_p: float = dataclasses.field(default=None, metadata={"help": "sample among the smallest set with probability >= p"})
-    greedy: bool = dataclasses.field(default=False, metadata={"help": "always take the most likely token"})
+    temperature: float = dataclasses.field(default=0.8, metadata={
+        "help": "< 1 sharper, > 1 flatter"})
+    top_k: int = dataclasses.field(default=None, metadata={
+        "help": "sample among the k most likely tokens"})
+    top_p: float = dataclasses.field(default=None, metadata={
+        "help": "sample among the smallest set with probability >= p"})
+    greedy: bool = dataclasses.field(default=False, metadata={
+        "help": "always take the most likely token"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the sampling generator"})
-    kv_cache: bool = dataclasses.field(default=True, metadata={"help": "reuse keys/values of earlier positions"})
+    kv_cache: bool = dataclasses.field(default=True, metadata={
+        "help": "reuse keys/values of earlier positions"})
 
 
-def sample_text(model, tokenizer, sc, out=None):
-    """Stream a continuation of sc.prompt to ``out`` (standard output) and return it."""
+def sample_text(model, tokenizer, config, out=None):
+    """Stream a continuation of config.prompt to ``out`` (standard output) and return it."""
     out = sys.stdout if out is None else out
-    from .generate import generate
-    from .pretrained import stream_decode
-    ids = tokenizer.encode(sc.prompt)
-    tokens = generate(model, ids, sc.max_new_tokens, sc.temperature, sc.top_k, sc.top_p,
-                      sc.greedy, np.random.default_rng(sc.seed), sc.kv_cache)
+    ids = tokenizer.encode(config.prompt)
+    tokens = generate(model, ids, config.max_new_tokens, temperature=config.temperature,
+                      top_k=config.top_k, top_p=config.top_p, greedy=config.greedy,
+                      rng=np.random.default_rng(config.seed), use_cache=config.kv_cache)
     pieces = []
-    out.write(sc.prompt)
+    out.write(config.prompt)
     for piece in stream_decode(tokenizer, tokens):
         pieces.append(piece)
         out.write(piece)
@@ -79,77 +83,78 @@ def sample_text(model, tokenizer, sc, out=None):
     return "".join(pieces)
 
 
+def sample_prompt(tokenizer):
+    """A one-token prompt the tokenizer can encode: a newline if possible, else its first token."""
+    if not isinstance(tokenizer, CharTokenizer) or "\n" in tokenizer.stoi:
+        return "\n"
+    return tokenizer.chars[0]
+
+
 def cmd_train(args):
-    from .viz import plot_losses
-    from .train import train
-    tc, oc = config_from_args(TrainConfig, args), config_from_args(OptimConfig, args)
-    mc = config_from_args(GPTConfig, args)
-    model, tokenizer, state = train(tc, mc, oc)
+    run = config_from_args(TrainConfig, args)
+    result = train(run, config_from_args(GPTConfig, args), config_from_args(OptimConfig, args))
+    state = result.state
     if state.get("interrupted"):
-        print(f"checkpoint saved to {tc.out_dir} at iteration {state['iter']}; "
-              f"continue with: python -m minillm train --resume --out-dir {tc.out_dir}")
+        print(f"checkpoint saved to {run.out_dir} at iteration {state['iter']}; "
+              f"continue with: python -m minillm train --resume --out-dir {run.out_dir}")
         return 0
-    png = Path(tc.out_dir) / "loss.png"
-    plot_losses(state["history"], png)
-    print(f"\nsaved checkpoint and loss curve in {tc.out_dir}/ (best val loss {state['best_val']:.4f})")
-    if tc.sample_tokens > 0:
-        print(f"--- a sample of {tc.sample_tokens} characters (temperature 0.8) ---")
-        sample_text(model, tokenizer, SampleConfig(max_new_tokens=tc.sample_tokens, seed=tc.seed))
+    plot_losses(state["history"], Path(run.out_dir) / "loss.png")
+    print(f"\nsaved checkpoint and loss curve in {run.out_dir}/ "
+          f"(best val loss {state['best_val']:.4f})")
+    if run.sample_tokens > 0:
+        print(f"--- a sample of {run.sample_tokens} tokens (temperature 0.8) ---")
+        sample_text(result.model, result.tokenizer,
+                    SampleConfig(prompt=sample_prompt(result.tokenizer),
+                                 max_new_tokens=run.sample_tokens, seed=run.seed))
     return 0
 
 
 def cmd_sample(args):
-    sc = config_from_args(SampleConfig, args)
-    if (sc.ckpt is None) == (sc.pretrained is None):
-        raise ValueError("give exactly one of --ckpt DIR (a minillm run) or --pretrained DIR (GPT-2)")
-    if sc.pretrained is not None:
-        from .pretrained import load_pretrained
-        model, tokenizer = load_pretrained(sc.pretrained)
-        if tokenizer is None:
-            raise FileNotFoundError(f"{sc.pretrained} has no vocab.json/merges.txt tokenizer files")
-    else:
-        from .checkpoint import load_checkpoint
-        ckpt = load_checkpoint(sc.ckpt)
-        model, tokenizer = ckpt.model, ckpt.tokenizer
-    sample_text(model, tokenizer, sc)
+    config = config_from_args(SampleConfig, args)
+    if (config.ckpt is None) == (config.pretrained is None):
+        raise ValueError("give exactly one of --ckpt DIR (a minillm run or a GPT-2 folder) or "
+                         "--pretrained DIR (a GPT-2 folder)")
+    model, tokenizer, _ = load_model(config.ckpt or config.pretrained)
+    sample_text(model, tokenizer, config)
     return 0
 
 
 def cmd_finetune(args):
-    from .finetune import finetune, sample_prompt
-    from .viz import plot_losses
-    fc = config_from_args(FinetuneConfig, args)
-    oc = config_from_args(OptimConfig, args)           # the schedule comes from FinetuneConfig
-    result = finetune(fc, oc)
+    config = config_from_args(FinetuneConfig, args)
+    result = finetune(config, config_from_args(OptimConfig, args))   # schedule: FinetuneConfig's
     state = result.state
-    png = Path(fc.out_dir) / "loss.png"
-    plot_losses(state["history"], png, "minillm fine-tuning",
-                labels={"watch": f"{fc.watch_data} (last tenth)"})
+    plot_losses(state["history"], Path(config.out_dir) / "loss.png", "minillm fine-tuning",
+                labels={"watch": f"{config.watch_data} (last tenth)"})
     what = "merged checkpoint, adapters.safetensors" if result.lora else "checkpoint"
-    print(f"\nsaved {what} and loss curve in {fc.out_dir}/ (best val loss {state['best_val']:.4f})"
+    print(f"\nsaved {what} and loss curve in {config.out_dir}/ "
+          f"(best val loss {state['best_val']:.4f})"
           + (" after an interruption" if state.get("interrupted") else ""))
-    if fc.sample_tokens > 0:
-        print(f"--- a sample of {fc.sample_tokens} tokens (temperature 0.8) ---")
+    if config.sample_tokens > 0:
+        print(f"--- a sample of {config.sample_tokens} tokens (temperature 0.8) ---")
         sample_text(result.model, result.tokenizer, SampleConfig(
-            prompt=sample_prompt(result.tokenizer), max_new_tokens=fc.sample_tokens, seed=fc.seed))
+            prompt=sample_prompt(result.tokenizer), max_new_tokens=config.sample_tokens,
+            seed=config.seed))
     return 0
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minillm", description="Train a GPT written in NumPy, sample from it, fine-tune it.")
+    parser.add_argument("--version", action="version", version=f"minillm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a character-level GPT on a text",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("train", help="train a GPT on a text (characters or BPE tokens)",
+                       formatter_class=formatter)
     add_config_args(p, TrainConfig, title="run")
     add_config_args(p, GPTConfig, skip=("vocab_size",), title="model")
     add_config_args(p, OptimConfig, title="optimizer")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("sample", help="generate text from a checkpoint or a GPT-2 folder")
+    p = sub.add_parser("sample", help="generate text from a minillm run or a GPT-2 folder",
+                       formatter_class=formatter)
     add_config_args(p, SampleConfig, title="sampling")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("finetune", help="continue training a saved model (or a GPT-2 folder) on a "
-                       "new text, fully or with LoRA adapters")
+                       "new text, fully or with LoRA adapters", formatter_class=formatter)
     add_config_args(p, FinetuneConfig, title="fine-tuning")
     add_config_args(p, OptimConfig, skip=SCHEDULE, title="optimizer")
     p.set_defaults(func=cmd_finetune)
@@ -158,7 +163,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    keep_freed_memory()                  # faster training steps (see minillm/malloc.py)
+    keep_freed_memory()                  # faster training steps (see minillm/training/malloc.py)
     try:
         return args.func(args)
     except (ValueError, OSError, DownloadError, TrainingDiverged) as e:

@@ -1,21 +1,19 @@
-"""Tests for minillm.data: downloads (against a local HTTP server), caching, text loading,
-train/val split and batching. Nothing here touches the network beyond 127.0.0.1."""
-import dataclasses
+"""Datasets and batches (minillm/training/data.py): the corpus that ships with minillm, downloads
+(against a local HTTP server), caching, text loading, train/val split and batching. Nothing here
+touches the network beyond 127.0.0.1."""
 import functools
 import hashlib
 import http.server
 import socket
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from minillm import data
-from minillm.data import DownloadError, download, fetch, get_batch, load_text, split
-from minillm.tokenizer import CharTokenizer
+from minillm.training import data
+from minillm.training.data import DownloadError, download, fetch, get_batch, load_text, split
+from minillm.tokenizers import CharTokenizer
 
-SHARED_SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
 CONTENT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 200).encode()
 CONTENT_SHA = hashlib.sha256(CONTENT).hexdigest()
 
@@ -72,15 +70,16 @@ def closed_port_url():
 
 @pytest.fixture
 def local_shakespeare(monkeypatch, tmp_path):
-    """Point MINILLM_CACHE at an empty folder and return a function that re-registers
-    'shakespeare' with a given url (and our small test content's size and checksum)."""
+    """Point MINILLM_CACHE at an empty folder and return a function that registers a dataset
+    'corpus' that is downloaded from a given url (with our small test content's size and
+    checksum), as a corpus that does not ship with minillm is."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("MINILLM_CACHE", str(cache))
 
     def register(url):
-        ds = dataclasses.replace(data.DATASETS["shakespeare"], url=url, size=len(CONTENT),
-                                 sha256=CONTENT_SHA)
-        monkeypatch.setitem(data.DATASETS, "shakespeare", ds)
+        ds = data.Dataset(name="corpus", title="Test corpus", url=url, filename="corpus.txt",
+                          size=len(CONTENT), sha256=CONTENT_SHA)
+        monkeypatch.setitem(data.DATASETS, "corpus", ds)
         return cache / ds.filename
 
     return register
@@ -181,20 +180,20 @@ def test_cache_dir_default_is_under_home(monkeypatch, tmp_path):
 
 def test_fetch_downloads_once_then_uses_cache(server, local_shakespeare):
     cached = local_shakespeare(f"{server.url}/corpus.txt")
-    assert fetch("shakespeare") == cached
+    assert fetch("corpus") == cached
     assert cached.read_bytes() == CONTENT
     assert server.requests == ["/corpus.txt"]
-    assert fetch("shakespeare") == cached
+    assert fetch("corpus") == cached
     assert server.requests == ["/corpus.txt"]         # the second call did not hit the server
 
 
 def test_fetch_redownloads_a_corrupt_cache(server, local_shakespeare, capsys):
     cached = local_shakespeare(f"{server.url}/corpus.txt")
-    fetch("shakespeare")
+    fetch("corpus")
     # same size, one byte flipped: only the checksum can tell
     cached.write_bytes(b"X" + CONTENT[1:])
     capsys.readouterr()
-    assert fetch("shakespeare") == cached
+    assert fetch("corpus") == cached
     assert cached.read_bytes() == CONTENT
     assert len(server.requests) == 2
     assert "corrupt" in capsys.readouterr().err
@@ -209,36 +208,44 @@ def test_fetch_unknown_name_lists_known_names():
 # load_text
 # ----------------------------------------------------------------------------------------------
 
-def test_load_text_none_falls_back_when_download_fails(local_shakespeare, closed_port_url, capsys):
-    local_shakespeare(closed_port_url)
+def test_load_text_default_is_the_shipped_shakespeare_without_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("MINILLM_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(data, "download", None)             # any download attempt would fail
     text, desc = load_text(None)
-    assert text == data.fallback_text()
-    assert "pydoc" in desc
-    err_lines = [line for line in capsys.readouterr().err.splitlines() if line]
-    notices = [line for line in err_lines if "could not get Tiny Shakespeare" in line]
-    assert len(notices) == 1 and "help topics" in notices[0]
+    assert (text, desc) == load_text("shakespeare")
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+    assert "shipped with minillm" in desc
+    assert not (tmp_path / "empty-cache").exists()             # the cache was never touched
+
+
+def test_shipped_corpus_is_checked(monkeypatch, tmp_path):
+    damaged = tmp_path / "tinyshakespeare.txt.gz"
+    damaged.write_bytes(__import__("gzip").compress(b"First Citizen:\n"))
+    monkeypatch.setattr(data, "EMBEDDED", tmp_path)
+    with pytest.raises(ValueError, match="damaged.*reinstall"):
+        load_text("shakespeare")
 
 
 def test_load_text_name_raises_when_download_fails(local_shakespeare, closed_port_url):
     local_shakespeare(closed_port_url)
     with pytest.raises(DownloadError, match="could not download"):
-        load_text("shakespeare")
+        load_text("corpus")
 
 
-def test_load_text_none_uses_a_good_cache_without_network(local_shakespeare, closed_port_url):
+def test_load_text_uses_a_good_cache_without_network(local_shakespeare, closed_port_url):
     cached = local_shakespeare(closed_port_url)
     cached.parent.mkdir(parents=True)
     cached.write_bytes(CONTENT)
-    text, desc = load_text(None)
+    text, desc = load_text("corpus")
     assert text == CONTENT.decode()
-    assert "Tiny Shakespeare" in desc
+    assert "Test corpus" in desc
 
 
 def test_load_text_named_dataset(server, local_shakespeare):
     local_shakespeare(f"{server.url}/corpus.txt")
-    text, desc = load_text("shakespeare")
+    text, desc = load_text("corpus")
     assert text == CONTENT.decode()
-    assert "Tiny Shakespeare" in desc and f"{len(text):,}" in desc
+    assert "Test corpus" in desc and f"{len(text):,}" in desc
 
 
 def test_load_text_local_file(tmp_path):
@@ -272,15 +279,6 @@ def test_load_text_rejects_empty_file_and_directory(tmp_path):
         load_text(str(path))
     with pytest.raises(IsADirectoryError, match="is a directory"):
         load_text(str(tmp_path))
-
-
-def test_fallback_text_is_a_real_corpus():
-    text = data.fallback_text()
-    assert len(text) > 300_000                     # about 465k characters on CPython 3.11
-    assert "\n\n" in text
-    assert "lambda" in text
-    assert data.fallback_text() == text            # deterministic (sorted keys)
-    assert CharTokenizer.from_text(text).vocab_size > 60
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,17 +371,17 @@ def test_get_batch_requires_a_generator():
 # The real Tiny Shakespeare, when a local copy is available
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not SHARED_SHAKESPEARE.is_file(),
-                    reason=f"no local Tiny Shakespeare copy at {SHARED_SHAKESPEARE}")
-def test_shared_shakespeare_matches_registry_and_has_65_chars():
+def test_shakespeare_matches_registry_and_has_65_chars(shakespeare, shared_data):
     ds = data.DATASETS["shakespeare"]
-    raw = SHARED_SHAKESPEARE.read_bytes()
+    raw = shakespeare.encode("utf-8")
     assert len(raw) == ds.size == 1_115_394
     assert hashlib.sha256(raw).hexdigest() == ds.sha256
-    text, _ = load_text(str(SHARED_SHAKESPEARE))
-    tok = CharTokenizer.from_text(text)
+    shared = shared_data / "tinyshakespeare.txt"
+    if shared.is_file():                                   # the copy beside the checkout, too
+        assert shared.read_bytes() == raw
+    tok = CharTokenizer.from_text(shakespeare)
     assert tok.vocab_size == 65
-    ids = tok.encode_array(text)
-    assert tok.decode(ids) == text
+    ids = tok.encode_array(shakespeare)
+    assert tok.decode(ids) == shakespeare
     train, val = split(ids)
     assert len(train) == 1_003_854 and len(val) == 111_540      # nanoGPT's shakespeare_char

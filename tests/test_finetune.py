@@ -4,14 +4,14 @@ command-line errors."""
 import numpy as np
 import pytest
 
-from minillm.checkpoint import load_checkpoint
+from minillm.formats.checkpoint import load_checkpoint
 from minillm.cli import main
-from minillm.data import get_batch
-from minillm.finetune import ADAPTERS, FinetuneConfig, add_token_rows, finetune
-from minillm.lora import LoRA
-from minillm.model import GPTConfig
-from minillm.optim import OptimConfig
-from minillm.train import TrainConfig, prepare, train
+from minillm.training.data import get_batch
+from minillm.training.finetune import ADAPTERS, FinetuneConfig, add_token_rows, finetune
+from minillm.core.lora import LoRA
+from minillm.core.config import GPTConfig
+from minillm.core.optim import OptimConfig
+from minillm.training.train import TrainConfig, encode_splits, train
 
 OLD = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
        "First Citizen:\nYou are all resolved rather to die than to famish?\n") * 40
@@ -41,10 +41,10 @@ def base(tmp_path_factory):
     """A tiny character model trained for a few iterations on OLD: (folder, OLD file, NEW file)."""
     root = tmp_path_factory.mktemp("ft")
     old, new = write(root / "old.txt", OLD), write(root / "new.txt", NEW)
-    tc = TrainConfig(data=old, out_dir=str(root / "base"), max_iters=20, batch_size=8,
+    train_config = TrainConfig(data=old, out_dir=str(root / "base"), max_iters=20, batch_size=8,
                      eval_interval=20, eval_iters=2, sample_tokens=0)
-    mc = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16)
-    train(tc, mc, OptimConfig(learning_rate=3e-3, warmup_iters=2, lr_decay_iters=20), log=silent)
+    model_config = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=16)
+    train(train_config, model_config, OptimConfig(learning_rate=3e-3, warmup_iters=2, lr_decay_iters=20), log=silent)
     return root / "base", old, new
 
 
@@ -60,13 +60,13 @@ def config(base, out, **kw):
     return FinetuneConfig(**{**values, **kw})
 
 
-def run(fc, lines=None):
+def run(config, lines=None):
     log = silent if lines is None else lines.append
-    return finetune(fc, log=log, progress=NoProgress())
+    return finetune(config, log=log, progress=NoProgress())
 
 
 def fixed_batches(tokenizer, text, block_size, n=4):
-    val = prepare(text, tokenizer)["val"]
+    val = encode_splits(text, tokenizer)["val"]
     rng = np.random.default_rng(0)
     return [get_batch(val, block_size, 8, rng) for _ in range(n)]
 
@@ -183,30 +183,28 @@ def test_lora_result_object(base, tmp_path):
 
 
 def test_gpt2_folder_finetunes_and_exports(tmp_path):
-    from minillm import pretrained
-    from minillm.bpe import BPETokenizer
-    from minillm.model import GPT
+    from minillm import BPETokenizer, GPT, load_pretrained
     tok = BPETokenizer.train(OLD, 300, special_tokens=["<|endoftext|>"])
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
     gpt2 = tmp_path / "gpt2"
-    pretrained.save_pretrained(model, gpt2, tok)
+    model.save_pretrained(gpt2, tok)
     before = snapshot(gpt2)
     new = write(tmp_path / "new.txt", NEW)
-    fc = FinetuneConfig(init_from=str(gpt2), data=new, out_dir=str(tmp_path / "ft"), max_iters=15,
+    config = FinetuneConfig(init_from=str(gpt2), data=new, out_dir=str(tmp_path / "ft"), max_iters=15,
                         batch_size=8, learning_rate=3e-3, warmup_iters=2, eval_interval=15,
                         eval_iters=2, export_pretrained=str(tmp_path / "export"))
-    result = run(fc)
+    result = run(config)
     assert snapshot(gpt2) == before
     evals = result.state["history"]["eval"]
     assert evals[-1][2] < evals[0][2]
     assert result.tokenizer.encode(NEW[:50]) == tok.encode(NEW[:50])
-    exported, exported_tok = pretrained.load_pretrained(tmp_path / "export")
+    exported, exported_tok = load_pretrained(tmp_path / "export")
     for k, v in result.model.params.items():
         np.testing.assert_array_equal(exported.params[k], v)
         assert not np.array_equal(v, model.params[k]) or k.endswith(".bias") or "ln" in k
     assert exported_tok.encode(NEW[:50]) == tok.encode(NEW[:50])
     with pytest.raises(ValueError, match="--extend-vocab works for character models only"):
-        run(FinetuneConfig(**{**fc.__dict__, "extend_vocab": True, "out_dir": str(tmp_path / "x")}))
+        run(FinetuneConfig(**{**config.__dict__, "extend_vocab": True, "out_dir": str(tmp_path / "x")}))
     assert (tmp_path / "ft" / "checkpoint.safetensors").is_file()
     ckpt = load_checkpoint(tmp_path / "ft")
     assert ckpt.tokenizer.encode(NEW[:50]) == tok.encode(NEW[:50])

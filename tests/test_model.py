@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from minillm import GPT, GPTConfig
-from minillm.gradcheck import grad_errors
+from minillm.core.gradcheck import grad_errors
 
 TINY = dict(vocab_size=11, block_size=5, n_layer=2, n_head=2, n_embd=8, dtype="float64")
 
@@ -110,8 +110,8 @@ def test_float32_end_to_end():
     idx, targets = tiny_batch(np.random.default_rng(0), T=8, V=13)
     logits, att = model.forward(idx, return_attention=True)
     assert logits.dtype == np.float32 and all(a.dtype == np.float32 for a in att)
-    _, caches = model._forward(idx, train=True)
-    assert caches["ln_f"][0].dtype == np.float32 and caches["h"][1].attn.attn.att.dtype == np.float32
+    _, cache = model.forward_with_cache(idx, train=True)
+    assert cache.ln_f.x.dtype == np.float32 and cache.h[1].att.dtype == np.float32
     loss, grads = model.loss_and_grads(idx, targets)
     assert isinstance(loss, float)
     assert all(g.dtype == np.float32 for g in grads.values())

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from minillm.optim import AdamW, OptimConfig, clip_grad_norm, lr_schedule
+from minillm.core.optim import AdamW, OptimConfig, clip_grad_norm, lr_schedule
 
 
 def make_params(dtype=np.float64):

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from minillm.safetensors import load_file, read_header, read_metadata, save_file
+from minillm.formats.safetensors import load_file, read_header, read_metadata, save_file
 
 NUMPY_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minillm.checkpoint import load_checkpoint, save_checkpoint
+from minillm.formats.checkpoint import load_checkpoint, save_checkpoint
 from minillm.cli import main
-from minillm.model import GPTConfig
-from minillm.optim import OptimConfig
-from minillm.train import TrainConfig, train
+from minillm.core.config import GPTConfig
+from minillm.core.optim import OptimConfig
+from minillm.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -30,17 +30,17 @@ def corpus(tmp_path):
 
 
 def run(corpus, out, max_iters, resume=False, **overrides):
-    tc = TrainConfig(data=corpus, out_dir=str(out), max_iters=max_iters, batch_size=4,
+    train_config = TrainConfig(data=corpus, out_dir=str(out), max_iters=max_iters, batch_size=4,
                      eval_interval=10, eval_iters=2, sample_tokens=0, resume=resume)
-    mc = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.1)
-    oc = OptimConfig(**{"warmup_iters": 5, "lr_decay_iters": 30, **overrides})
-    return train(tc, mc, oc, log=lambda *a: None)
+    model_config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.1)
+    optim_config = OptimConfig(**{"warmup_iters": 5, "lr_decay_iters": 30, **overrides})
+    return train(train_config, model_config, optim_config, log=lambda *a: None)
 
 
 def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(corpus, tmp_path):
-    _, _, full = run(corpus, tmp_path / "a", 25)
+    full = run(corpus, tmp_path / "a", 25).state
     run(corpus, tmp_path / "b", 12)
-    _, _, resumed = run(corpus, tmp_path / "b", 25, resume=True)
+    resumed = run(corpus, tmp_path / "b", 25, resume=True).state
     assert len(full["history"]["train"]) == 25
     assert resumed["history"]["train"] == full["history"]["train"]   # dropout on, still exact
     a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
@@ -48,7 +48,8 @@ def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(corpus, tmp_p
 
 
 def test_checkpoint_holds_everything(corpus, tmp_path):
-    model, tokenizer, state = run(corpus, tmp_path, 20)
+    result = run(corpus, tmp_path, 20)
+    model, tokenizer = result.model, result.tokenizer
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.state["iter"] == 20 and ckpt.adam["t"] == 20
     assert ckpt.tokenizer.chars == tokenizer.chars
@@ -61,7 +62,7 @@ def test_checkpoint_holds_everything(corpus, tmp_path):
 
 
 def test_training_learns(corpus, tmp_path):
-    _, _, state = run(corpus, tmp_path, 60, learning_rate=1e-2, lr_decay_iters=60)
+    state = run(corpus, tmp_path, 60, learning_rate=1e-2, lr_decay_iters=60).state
     first, last = state["history"]["eval"][0], state["history"]["eval"][-1]
     assert last[2] < first[2] - 1.0
 
@@ -89,20 +90,21 @@ def test_corrupt_checkpoint_gives_a_clear_error(corpus, tmp_path, damage, capsys
 
 
 def test_checkpoint_that_does_not_match_the_model(corpus, tmp_path):
-    model, tokenizer, _ = run(corpus, tmp_path, 3)
+    result = run(corpus, tmp_path, 3)
+    model, tokenizer = result.model, result.tokenizer
     del model.params["ln_f.bias"]
     save_checkpoint(tmp_path / "bad", model, tokenizer)
-    with pytest.raises(ValueError, match="does not match the model"):
+    with pytest.raises(ValueError, match=r"missing 1 tensor\(s\): ln_f\.bias"):
         load_checkpoint(tmp_path / "bad")
     model.params["ln_f.bias"] = np.zeros(5, dtype=np.float32)
     save_checkpoint(tmp_path / "bad", model, tokenizer)
-    with pytest.raises(ValueError, match=r"ln_f.bias has shape \(5,\)"):
+    with pytest.raises(ValueError, match=r"'ln_f.bias' has shape \(5,\), expected \(16,\)"):
         load_checkpoint(tmp_path / "bad")
 
 
 def test_missing_checkpoint_and_data(tmp_path, capsys):
     assert main(["sample", "--ckpt", str(tmp_path / "nowhere")]) == 1
-    assert "no checkpoint" in capsys.readouterr().err
+    assert "nowhere is neither a minillm checkpoint folder" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "missing.txt"), *TINY]) == 1
     assert "missing.txt" in capsys.readouterr().err
 
@@ -112,7 +114,7 @@ def test_cli_train_then_sample(corpus, tmp_path, capsys):
     assert main(["train", "--data", corpus, "--out-dir", str(out), "--max-iters", "20",
                  "--eval-interval", "10", *TINY[:-2], "--sample-tokens", "30"]) == 0
     printed = capsys.readouterr()
-    assert "step 20: train loss" in printed.err and "a sample of 30 characters" in printed.out
+    assert "step 20: train loss" in printed.err and "a sample of 30 tokens" in printed.out
     assert (out / "loss.png").stat().st_size > 1000
     assert main(["sample", "--ckpt", str(out), "--prompt", "First", "--max-new-tokens", "40",
                  "--seed", "3", "--top-k", "5", "--top-p", "0.9"]) == 0

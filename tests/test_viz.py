@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
-from minillm.viz import plot_attention, plot_attention_grid, plot_losses  # noqa: E402
+from minillm.training.viz import plot_attention, plot_attention_grid, plot_losses  # noqa: E402
 
 
 def test_plot_losses_writes_a_png(tmp_path):

@@ -17,23 +17,23 @@ FinetuneConfig): the weights are already good, so the steps are smaller and the 
     out_dir/adapters.safetensors      LoRA only: A and B alone, written at every save
     out_dir/loss.png                  written by the command line at the end
 
->>> fc = FinetuneConfig(init_from="out", data="new.txt", out_dir="out-ft", lora_rank=4)
->>> result = finetune(fc)                          # doctest: +SKIP
+>>> config = FinetuneConfig(init_from="out", data="new.txt", out_dir="out-ft", lora_rank=4)
+>>> result = finetune(config)                      # doctest: +SKIP
 >>> result.trainable, result.total                 # doctest: +SKIP
 """
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from ..core.lora import LoRA, LoRAConfig
+from ..core.model import GPT
+from ..core.optim import AdamW, OptimConfig
+from ..formats.checkpoint import load_model, save_checkpoint
+from ..tokenizers import CharTokenizer
 from .data import load_text
-from .lora import LoRA, LoRAConfig
-from .model import GPT, GPTConfig
-from .optim import AdamW, OptimConfig
-from .tokenizer import CharTokenizer
-from .train import new_state, prepare, train_loop
+from .train import encode_splits, new_state, train_loop
 
 ADAPTERS = "adapters.safetensors"
 SCHEDULE = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters")   # set by FinetuneConfig
@@ -102,61 +102,51 @@ class FinetuneResult:
     seconds: float = 0.0
 
 
-def check_config(fc):
+def check_config(config):
     """ValueError naming the first setting that cannot work (before anything is loaded)."""
     for name in ("init_from", "data", "out_dir"):
-        if not getattr(fc, name):
+        if not getattr(config, name):
             raise ValueError(f"--{name.replace('_', '-')} is required")
     for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "log_interval"):
-        value = getattr(fc, name)
+        value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    if not fc.learning_rate > 0 or not 0 <= fc.min_lr <= fc.learning_rate:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
+                             f"got {value!r}")
+    if not config.learning_rate > 0 or not 0 <= config.min_lr <= config.learning_rate:
         raise ValueError(f"need learning_rate > 0 and 0 <= min_lr <= learning_rate, got "
-                         f"{fc.learning_rate} and {fc.min_lr}")
-    if not isinstance(fc.warmup_iters, int) or fc.warmup_iters < 0:
-        raise ValueError(f"--warmup-iters must be an integer >= 0, got {fc.warmup_iters!r}")
-    if fc.lora_rank < 0:
-        raise ValueError(f"--lora-rank must be >= 1 (or 0 for full fine-tuning), got {fc.lora_rank}")
-    if fc.lora_rank:
-        LoRAConfig(rank=fc.lora_rank, alpha=fc.lora_alpha, targets=fc.lora_targets)  # checks them
-    init = Path(fc.init_from).expanduser()
+                         f"{config.learning_rate} and {config.min_lr}")
+    if not isinstance(config.warmup_iters, int) or config.warmup_iters < 0:
+        raise ValueError(f"--warmup-iters must be an integer >= 0, got {config.warmup_iters!r}")
+    if config.lora_rank < 0:
+        raise ValueError(f"--lora-rank must be >= 1 (or 0 for full fine-tuning), "
+                         f"got {config.lora_rank}")
+    if config.lora_rank:
+        lora_config(config)                                       # checks the LoRA settings
+    init = Path(config.init_from).expanduser()
     init_dir = (init.parent if init.is_file() else init).resolve()
-    for flag, folder in (("--out-dir", fc.out_dir), ("--export-pretrained", fc.export_pretrained)):
+    for flag, folder in (("--out-dir", config.out_dir),
+                         ("--export-pretrained", config.export_pretrained)):
         if folder and Path(folder).expanduser().resolve() == init_dir:
             raise ValueError(f"{flag} {folder} is the folder of --init-from; fine-tuning never "
                              f"modifies the original model, so give a new folder")
 
 
-def optim_config(fc, oc=None):
-    """OptimConfig with the schedule of ``fc`` (warmup of at most max_iters, then cosine decay
-    to min_lr at max_iters); the other settings (betas, eps, weight decay, clipping) from ``oc``,
-    default OptimConfig().
+def lora_config(config):
+    """The LoRAConfig of a FinetuneConfig with lora_rank > 0 (ValueError on bad settings)."""
+    return LoRAConfig(rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets)
 
-    >>> optim_config(FinetuneConfig(max_iters=10)).warmup_iters
+
+def schedule_config(config, optim_config=None):
+    """``optim_config`` (default OptimConfig()) with the schedule of the FinetuneConfig
+    ``config``: warmup of at most max_iters, then cosine decay to min_lr at max_iters; betas,
+    eps, weight decay and clipping stay as they are.
+
+    >>> schedule_config(FinetuneConfig(max_iters=10)).warmup_iters
     10
     """
-    base = (oc or OptimConfig()).__dict__
-    return OptimConfig(**{**base, "learning_rate": fc.learning_rate, "min_lr": fc.min_lr,
-                          "warmup_iters": min(fc.warmup_iters, fc.max_iters),
-                          "lr_decay_iters": fc.max_iters})
-
-
-def load_base(path):
-    """(model, tokenizer, kind) from a minillm checkpoint ("minillm") or a GPT-2 folder ("gpt2")."""
-    path = Path(path).expanduser()
-    if path.is_file() or (path / CHECKPOINT).is_file():
-        ckpt = load_checkpoint(path)
-        return ckpt.model, ckpt.tokenizer, "minillm"
-    if (path / "config.json").is_file():
-        from .pretrained import load_pretrained
-        model, tokenizer = load_pretrained(path)
-        if tokenizer is None:
-            raise FileNotFoundError(f"{path} has no vocab.json/merges.txt, so its text cannot be "
-                                    "encoded; copy the tokenizer files of the model next to it")
-        return model, tokenizer, "gpt2"
-    raise FileNotFoundError(f"{path} is neither a minillm checkpoint folder ({CHECKPOINT}) nor a "
-                            "GPT-2 folder (config.json + model.safetensors)")
+    return replace(optim_config or OptimConfig(), learning_rate=config.learning_rate,
+                   min_lr=config.min_lr, warmup_iters=min(config.warmup_iters, config.max_iters),
+                   lr_decay_iters=config.max_iters)
 
 
 def list_chars(chars, limit=20):
@@ -178,8 +168,8 @@ def add_token_rows(model, n_new, rng):
     """
     wte = model.params["wte.weight"]
     rows = rng.normal(0.0, 0.02, size=(n_new, wte.shape[1])).astype(wte.dtype)
-    cfg = GPTConfig(**{**model.config.to_dict(), "vocab_size": wte.shape[0] + n_new})
-    return GPT(cfg, params={**model.params, "wte.weight": np.concatenate([wte, rows])})
+    config = replace(model.config, vocab_size=wte.shape[0] + n_new)
+    return GPT(config, params={**model.params, "wte.weight": np.concatenate([wte, rows])})
 
 
 def fit_vocabulary(model, tokenizer, text, extend, rng):
@@ -202,9 +192,9 @@ def fit_vocabulary(model, tokenizer, text, extend, rng):
     return (add_token_rows(model, n_new, rng) if n_new > 0 else model), tokenizer, missing
 
 
-def encode_splits(text, tokenizer, description, block_size):
+def encode_checked(text, tokenizer, description, block_size):
     """{"train", "val"} token arrays (90% / 10%), checked to hold at least one batch window."""
-    splits = prepare(text, tokenizer)
+    splits = encode_splits(text, tokenizer)
     if len(splits["val"]) <= block_size:
         raise ValueError(f"{description} is too short: its last tenth (the validation part) has "
                          f"{len(splits['val'])} tokens, but windows of block_size {block_size} "
@@ -212,64 +202,67 @@ def encode_splits(text, tokenizer, description, block_size):
     return splits
 
 
-def finetune(fc, oc=None, log=print, progress=None):
-    """Fine-tune ``fc.init_from`` on ``fc.data`` into ``fc.out_dir``; returns a FinetuneResult.
+def finetune(config, optim_config=None, log=print, progress=None):
+    """Fine-tune ``config.init_from`` on ``config.data`` into ``config.out_dir``; returns a
+    FinetuneResult.
 
-    ``oc`` gives the optimizer settings other than the schedule (see ``optim_config``);
-    ``progress`` replaces the training loop's progress line (see ``train.Progress``).
+    ``optim_config`` gives the optimizer settings other than the schedule (see
+    ``schedule_config``); ``progress`` replaces the training loop's progress line (see
+    ``train.Progress``).
     """
-    check_config(fc)
-    oc = optim_config(fc, oc)
-    out_dir = Path(fc.out_dir)
+    check_config(config)
+    optim_config = schedule_config(config, optim_config)
+    out_dir = Path(config.out_dir)
     # 1. the base model, and the new text encoded with its tokenizer (all checked before training)
-    model, tokenizer, kind = load_base(fc.init_from)
-    log(f"base: {fc.init_from} ({'minillm checkpoint' if kind == 'minillm' else 'GPT-2 folder'}), "
+    model, tokenizer, kind = load_model(config.init_from)
+    log(f"base: {config.init_from} "
+        f"({'minillm checkpoint' if kind == 'minillm' else 'GPT-2 folder'}), "
         f"{model.num_params():,} parameters, vocab {model.config.vocab_size}")
-    if fc.export_pretrained and not hasattr(tokenizer, "to_gpt2"):
+    if config.export_pretrained and not hasattr(tokenizer, "to_gpt2"):
         raise ValueError("--export-pretrained writes a GPT-2 folder, whose vocab.json + merges.txt "
                          "describe a BPE tokenizer; a character model cannot be exported that way")
     try:
-        text, description = load_text(fc.data)
+        text, description = load_text(config.data)
     except IsADirectoryError as e:
         raise ValueError(str(e)) from None
-    model, tokenizer, added = fit_vocabulary(model, tokenizer, text, fc.extend_vocab,
-                                             np.random.default_rng((fc.seed, 1)))
+    model, tokenizer, added = fit_vocabulary(model, tokenizer, text, config.extend_vocab,
+                                             np.random.default_rng((config.seed, 1)))
     if added:
         log(f"vocabulary: added {len(added)} characters ({list_chars(added)}) as ids "
             f"{tokenizer.vocab_size - len(added)}..{tokenizer.vocab_size - 1}")
     T = model.config.block_size
-    splits = encode_splits(text, tokenizer, description, T)
-    if fc.watch_data:
-        watch_text, watch_description = load_text(fc.watch_data)
+    splits = encode_checked(text, tokenizer, description, T)
+    if config.watch_data:
+        watch_text, watch_description = load_text(config.watch_data)
         if isinstance(tokenizer, CharTokenizer) and tokenizer.missing(watch_text):
             raise ValueError(f"the --watch-data text has characters the vocabulary lacks: "
                              f"{list_chars(tokenizer.missing(watch_text))}")
-        splits["watch"] = encode_splits(watch_text, tokenizer, watch_description, T)["val"]
-    log(f"data: {description}, {len(splits['train']):,} train and {len(splits['val']):,} val tokens")
+        splits["watch"] = encode_checked(watch_text, tokenizer, watch_description, T)["val"]
+    log(f"data: {description}, {len(splits['train']):,} train and {len(splits['val']):,} val "
+        "tokens")
 
     # 2. what is trained: adapters A and B next to frozen weights, or a copy of every weight
-    if fc.lora_rank:
-        lcfg = LoRAConfig(rank=fc.lora_rank, alpha=fc.lora_alpha, targets=fc.lora_targets)
-        lora = LoRA(model, lcfg, rng=np.random.default_rng((fc.seed, 2)))
+    if config.lora_rank:
+        lora = LoRA(model, lora_config(config), rng=np.random.default_rng((config.seed, 2)))
         trained, params = lora, lora.adapters                  # AdamW sees A and B only
         trainable, total = lora.num_trainable(), lora.num_total()
         if added:
             log(f"note: LoRA trains the adapters only, so the {len(added)} new embedding rows keep "
                 "their random values; full fine-tuning (no --lora-rank) learns them")
+        how = (f", LoRA rank {lora.config.rank} alpha {lora.config.alpha:g} on "
+               f"{', '.join(lora.config.targets)}")
     else:
-        lora = None
-        trained = GPT(model.config, seed=fc.seed,
+        lora, how = None, ""
+        trained = GPT(model.config, seed=config.seed,
                       params={k: v.copy() for k, v in model.params.items()})   # base untouched
         params = trained.params
         trainable = total = trained.num_params()
-    how = f", LoRA rank {lcfg.rank} alpha {lcfg.alpha:g} on {', '.join(lcfg.targets)}" if lora else ""
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){how}")
     # 3. the loop of `minillm train`, saving into out_dir (never into init_from)
-    optimizer = AdamW(params, lr=oc.learning_rate, betas=(oc.beta1, oc.beta2), eps=oc.eps,
-                      weight_decay=oc.weight_decay)
-    state = new_state(fc.seed)
-    configs = {"finetune": fc.__dict__, "optim": oc.__dict__,
-               "lora": lcfg.__dict__ if lora else None, "added_chars": added}
+    optimizer = AdamW.from_config(params, optim_config)
+    state = new_state(config.seed)
+    configs = {"finetune": asdict(config), "optim": asdict(optim_config),
+               "lora": asdict(lora.config) if lora else None, "added_chars": added}
 
     def save(state):
         if lora is not None:
@@ -280,21 +273,14 @@ def finetune(fc, oc=None, log=print, progress=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir / "tokenizer.json")
     t0 = time.perf_counter()
-    state = train_loop(trained, optimizer, splits, fc, oc, state, save, progress=progress, block_size=T)
+    state = train_loop(trained, optimizer, splits, config, optim_config, state, save,
+                       progress=progress, block_size=T)
     seconds = time.perf_counter() - t0
     # 4. the result: LoRA's W + (alpha / r) A @ B merged into a plain GPT, loadable like any run
     final = lora.merge() if lora is not None else trained
     if lora is not None:
         save_checkpoint(out_dir, final, tokenizer, None, {**state, "configs": configs})
-    if fc.export_pretrained:
-        from .pretrained import save_pretrained
-        save_pretrained(final, fc.export_pretrained, tokenizer)
-        log(f"exported a GPT-2 folder to {fc.export_pretrained}")
+    if config.export_pretrained:
+        final.save_pretrained(config.export_pretrained, tokenizer)
+        log(f"exported a GPT-2 folder to {config.export_pretrained}")
     return FinetuneResult(final, tokenizer, state, model, lora, trainable, total, added, seconds)
-
-
-def sample_prompt(tokenizer):
-    """A one-token prompt the tokenizer can encode: a newline if possible, else its first token."""
-    if not isinstance(tokenizer, CharTokenizer) or "\n" in tokenizer.stoi:
-        return "\n"
-    return tokenizer.chars[0]

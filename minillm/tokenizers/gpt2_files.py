@@ -22,17 +22,14 @@ A token such as ``b" the"`` is therefore written ``"Ġthe"``.  The two files:
 This module also holds the text-splitting steps that come before BPE:
 GPT-2's pre-tokenization regex and cutting out special tokens such as
 ``<|endoftext|>``.  It only deals with files and strings;
-:class:`minillm.bpe.BPETokenizer` builds on it.
+``BPETokenizer`` (bpe.py) builds on it.
 """
 
-from __future__ import annotations
-
 import json
-import os
 import re
 from pathlib import Path
 
-from .files import atomic_write_text, read_json
+from ..formats.files import atomic_write_text, read_json
 
 # GPT-2's pre-tokenizer: split text into chunks (English contractions,
 # letters, digits, other symbols, whitespace) that BPE never merges across.
@@ -44,7 +41,7 @@ GPT2_PATTERN = (
 VERSION_LINE = "#version: 0.2"
 
 
-def bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode():
     """Return GPT-2's table from each byte value (0..255) to one character.
 
     The dict is ordered like GPT-2's ``vocab.json``: the printable bytes come
@@ -72,7 +69,7 @@ BYTE_TO_CHAR = bytes_to_unicode()
 CHAR_TO_BYTE = {char: byte for byte, char in BYTE_TO_CHAR.items()}
 
 
-def bytes_to_token(data: bytes) -> str:
+def bytes_to_token(data):
     """Write a token's bytes as a GPT-2 token string.
 
     >>> bytes_to_token(b" the")
@@ -81,7 +78,7 @@ def bytes_to_token(data: bytes) -> str:
     return "".join(BYTE_TO_CHAR[byte] for byte in data)
 
 
-def token_to_bytes(token: str) -> bytes | None:
+def token_to_bytes(token):
     """Turn a GPT-2 token string back into bytes (None if it is not one).
 
     >>> token_to_bytes("Ġthe"), token_to_bytes("中")
@@ -93,7 +90,7 @@ def token_to_bytes(token: str) -> bytes | None:
         return None
 
 
-def compile_pattern(pattern: str | None):
+def compile_pattern(pattern):
     """Compile a pre-tokenization pattern ("gpt2" means GPT-2's); None -> None.
 
     >>> compile_pattern("gpt2").findall("Hi there, it's 2024!")
@@ -112,7 +109,7 @@ def compile_pattern(pattern: str | None):
         raise ValueError(f"invalid pre-tokenization pattern {pattern!r}: {e}") from None
 
 
-def split_special_tokens(text: str, specials) -> list[str]:
+def split_special_tokens(text, specials):
     """Split ``text`` around special tokens: [text, special, text, special, ..., text].
 
     >>> split_special_tokens("a<|endoftext|>b", ["<|endoftext|>"])
@@ -124,12 +121,12 @@ def split_special_tokens(text: str, specials) -> list[str]:
     return re.split(f"({alternatives})", text)
 
 
-def read_vocab_json(path: str | os.PathLike) -> dict[str, int]:
+def read_vocab_json(path):
     """Read ``vocab.json`` as ``{token string: id}``, checking its shape."""
     vocab = read_json(path, "vocabulary file")
     if not isinstance(vocab, dict):
         raise ValueError(f"{path}: expected a JSON object {{token: id}}, got {type(vocab).__name__}")
-    owner: dict[int, str] = {}
+    owner = {}                          # id -> the token that has it
     for token, token_id in vocab.items():
         if token == "":
             raise ValueError(f"{path}: the empty string is not a valid token")
@@ -141,7 +138,7 @@ def read_vocab_json(path: str | os.PathLike) -> dict[str, int]:
     return vocab
 
 
-def read_merges_txt(path: str | os.PathLike) -> list[tuple[int, str, str]]:
+def read_merges_txt(path):
     """Read ``merges.txt`` as a list of ``(line number, left, right)`` in rank order."""
     path = Path(path)
     if not path.is_file():
@@ -164,7 +161,7 @@ def read_merges_txt(path: str | os.PathLike) -> list[tuple[int, str, str]]:
     return merges
 
 
-def write_gpt2_files(folder, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+def write_gpt2_files(folder, vocab, merges):
     """Write ``vocab.json`` and ``merges.txt`` (merges in rank order) into ``folder``."""
     folder = Path(folder)
     atomic_write_text(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False, indent=0) + "\n")
@@ -172,13 +169,8 @@ def write_gpt2_files(folder, vocab: dict[str, int], merges: list[tuple[str, str]
     atomic_write_text(folder / "merges.txt", "\n".join(lines) + "\n")
 
 
-def parse_gpt2_vocab(
-    vocab: dict[str, int],
-    merges: list[tuple[int, str, str]],
-    special_names: set[str],
-    vocab_path: str = "vocab.json",
-    merges_path: str = "merges.txt",
-) -> tuple[list[int], list[tuple[int, int, int]], dict[str, int]]:
+def parse_gpt2_vocab(vocab, merges, special_names, vocab_path="vocab.json",
+                     merges_path="merges.txt"):
     """Turn GPT-2 token strings into ids: ``(byte_ids, merges, special_tokens)``.
 
     * ``byte_ids[b]`` is the id of the one-byte token for byte ``b``;

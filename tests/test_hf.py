@@ -1,16 +1,13 @@
-"""Loading and saving GPT-2 folders (config.json + model.safetensors + tokenizer files)."""
+"""Hugging Face GPT-2 folders (minillm/formats/hf.py): config.json, model.safetensors and the
+tokenizer files, read and written, and checked against Transformers where it is installed."""
 import json
 
 import numpy as np
 import pytest
 
-from minillm import GPT, GPTConfig
-from minillm.bpe import BPETokenizer
-from minillm.generate import generate
-from minillm.pretrained import (config_from_gpt2, load_pretrained, load_pretrained_tokenizer,
-                                save_pretrained, stream_decode)
-from minillm.safetensors import load_file, read_header, save_file
-from minillm.tokenizer import CharTokenizer
+from minillm import GPT, BPETokenizer, CharTokenizer, GPTConfig, generate, load_pretrained
+from minillm.formats.hf import config_from_gpt2, read_tokenizer
+from minillm.formats.safetensors import load_file, read_header, save_file
 
 EOT = "<|endoftext|>"
 TEXT = "hello world, the quick brown fox jumps over the lazy dog. héllo wörld 日本語 naïve café "
@@ -156,7 +153,7 @@ def test_config_and_weights_that_disagree(tmp_path):
 def test_unknown_tensors_are_listed(tmp_path):
     extra = {"h.0.attn.q_norm.weight": np.ones(16, np.float32), "score.weight": np.ones(2, np.float32)}
     folder = write_checkpoint(tmp_path, random_model(), extra=extra)
-    with pytest.raises(ValueError, match=r"unknown tensor\(s\).*h\.0\.attn\.q_norm\.weight, score\.weight"):
+    with pytest.raises(ValueError, match=r"unexpected tensor\(s\).*h\.0\.attn\.q_norm\.weight, score\.weight"):
         load_pretrained(folder)
 
 
@@ -234,7 +231,7 @@ def test_tokenizer_larger_than_the_model_is_refused(tmp_path, tokenizer):
 def test_save_load_round_trip_is_exact(tmp_path, tokenizer):
     model = random_model(seed=7)
     folder = tmp_path / "new" / "gpt2"                      # parents are created
-    save_pretrained(model, folder, tokenizer)
+    model.save_pretrained(folder, tokenizer)
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json", "merges.txt", "model.safetensors", "vocab.json"]   # no temporary files
     config = json.loads((folder / "config.json").read_text())
@@ -250,13 +247,13 @@ def test_save_load_round_trip_is_exact(tmp_path, tokenizer):
         np.testing.assert_array_equal(loaded.params[name], p, err_msg=name)
     np.testing.assert_array_equal(loaded.forward(IDX), model.forward(IDX))
     assert tok.encode(TEXT + EOT) == tokenizer.encode(TEXT + EOT)
-    save_pretrained(loaded, folder, tok)                     # overwriting in place works
+    loaded.save_pretrained(folder, tok)                     # overwriting in place works
     assert load_file(folder / "model.safetensors").keys() == header.keys()
 
 
 def test_save_float64_model_writes_float32(tmp_path):
     model = random_model("float64", seed=8)
-    save_pretrained(model, tmp_path)
+    model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["bos_token_id"] is None                   # no tokenizer, no <|endoftext|>
     loaded, _ = load_pretrained(tmp_path, dtype="float64")
@@ -266,17 +263,17 @@ def test_save_float64_model_writes_float32(tmp_path):
 
 def test_save_refuses_what_gpt2_cannot_hold(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="'sinusoidal' positions.*wpe.weight"):
-        save_pretrained(GPT(tiny_config(pos_encoding="sinusoidal")), tmp_path / "a")
+        GPT(tiny_config(pos_encoding="sinusoidal")).save_pretrained(tmp_path / "a")
     with pytest.raises(ValueError, match="only a BPETokenizer.*CharTokenizer"):
-        save_pretrained(random_model(), tmp_path / "b", CharTokenizer.from_text("abc"))
+        random_model().save_pretrained(tmp_path / "b", CharTokenizer.from_text("abc"))
     with pytest.raises(ValueError, match="pre-tokenization pattern"):
-        save_pretrained(random_model(), tmp_path / "c", BPETokenizer(pattern=None))
+        random_model().save_pretrained(tmp_path / "c", BPETokenizer(pattern=None))
     with pytest.raises(ValueError, match="300 ids but the model only 200"):
-        save_pretrained(GPT(tiny_config(vocab_size=200)), tmp_path / "d", tokenizer)
+        GPT(tiny_config(vocab_size=200)).save_pretrained(tmp_path / "d", tokenizer)
     broken = random_model()
     broken.params["h.0.ln_2.bias"] = np.zeros(17, np.float32)
-    with pytest.raises(ValueError, match=r"h\.0\.ln_2\.bias.*\(17,\), expected shape \(16,\)"):
-        save_pretrained(broken, tmp_path / "e")
+    with pytest.raises(ValueError, match=r"'h\.0\.ln_2\.bias' has shape \(17,\), expected \(16,\)"):
+        broken.save_pretrained(tmp_path / "e")
     assert not any((tmp_path / d).exists() for d in "abcde")  # checked before writing
 
 
@@ -286,32 +283,6 @@ def test_gpt_from_pretrained_and_save_pretrained(tmp_path):
     loaded = GPT.from_pretrained(tmp_path)
     np.testing.assert_array_equal(loaded.forward(IDX), model.forward(IDX))
     assert loaded.tokenizer is None                           # no vocab.json/merges.txt saved
-
-
-# -- streaming text --------------------------------------------------------------------------------
-
-def test_stream_decode_waits_for_whole_characters():
-    tok = BPETokenizer()                                    # one token per byte
-    ids = list("a é 日!".encode("utf-8"))
-    pieces = list(stream_decode(tok, iter(ids)))
-    assert pieces == ["a", " ", "é", " ", "日", "!"]
-    assert list(stream_decode(tok, [104, 0xE6, 0x97])) == ["h", "\ufffd"]     # unfinished at the end
-    assert list(stream_decode(tok, [0xFF, 104])) == ["\ufffd", "h"]          # invalid byte
-
-
-def test_stream_decode_joins_to_decode(tokenizer):
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        ids = rng.integers(0, tokenizer.vocab_size, size=rng.integers(1, 30)).tolist()
-        pieces = list(stream_decode(tokenizer, ids))
-        assert all(pieces) and "".join(pieces) == tokenizer.decode(ids)
-    ids = tokenizer.encode(TEXT)
-    assert "".join(stream_decode(tokenizer, np.array(ids))) == TEXT
-
-
-def test_stream_decode_char_tokenizer_decodes_each_id():
-    tok = CharTokenizer.from_text("hello")
-    assert list(stream_decode(tok, tok.encode("hole"))) == ["h", "o", "l", "e"]
 
 
 # -- against Hugging Face Transformers -------------------------------------------------------------
@@ -357,7 +328,7 @@ def test_minillm_folder_loads_in_transformers(tmp_path, tokenizer):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     model = random_model(seed=11)
-    save_pretrained(model, tmp_path, tokenizer)
+    model.save_pretrained(tmp_path, tokenizer)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     assert hf.config.n_positions == 32 and hf.config.eos_token_id == 299
     with torch.no_grad():
@@ -369,21 +340,21 @@ def test_minillm_folder_loads_in_transformers(tmp_path, tokenizer):
 def test_tokenizer_folder_round_trip_with_transformers(tmp_path, tokenizer):
     pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
-    save_pretrained(random_model(), tmp_path / "ours", tokenizer)
+    random_model().save_pretrained(tmp_path / "ours", tokenizer)
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "ours")
     text = "the lazy fox, naïve café 日本" + EOT + " hello"
     assert hf_tok.encode(text) == tokenizer.encode(text)
     hf_tok.save_pretrained(tmp_path / "theirs")            # Transformers 5 writes tokenizer.json
-    back = load_pretrained_tokenizer(tmp_path / "theirs")
+    back = read_tokenizer(tmp_path / "theirs")
     assert back.encode(text) == tokenizer.encode(text)
     assert back.special_tokens == {EOT: 299}
 
 
 def test_cli_sample_pretrained_streams_the_greedy_continuation(tmp_path, tokenizer, capsys):
     from minillm.cli import main
-    from minillm.generate import generate
+    from minillm.core.sampling import generate
     model = random_model(seed=4)
-    save_pretrained(model, tmp_path, tokenizer)
+    model.save_pretrained(tmp_path, tokenizer)
     prompt = "The quick brown fox"
     assert main(["sample", "--pretrained", str(tmp_path), "--prompt", prompt,
                  "--max-new-tokens", "12", "--greedy"]) == 0

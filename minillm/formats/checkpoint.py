@@ -1,4 +1,6 @@
-"""Training checkpoints: one safetensors file per run folder, written atomically.
+"""Models on disk: minillm's training checkpoints, and Hugging Face GPT-2 folders as models.
+
+A training run keeps everything in one safetensors file:
 
     out_dir/
       checkpoint.safetensors   params.<name>, adam.m.<name>, adam.v.<name> tensors, and in the
@@ -10,16 +12,18 @@
 Everything needed to resume lives in the one file, so replacing it with ``os.replace`` (which the
 safetensors writer does) swaps a complete checkpoint for another: a run killed mid-write keeps
 its last good checkpoint.
+
+``load_model(path)`` reads either kind of folder, so every command that starts from a model
+(``sample``, ``finetune``) accepts both.
 """
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from ..core.config import GPTConfig, check_tensors, param_shapes
+from ..core.model import GPT
+from ..tokenizers import tokenizer_from_dict
 from . import safetensors
-from .model import GPT, GPTConfig, param_shapes
-from .tokenizer import CharTokenizer
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "minillm-checkpoint-1"
@@ -31,22 +35,11 @@ def checkpoint_path(path):
     return path / CHECKPOINT if path.is_dir() or path.suffix != ".safetensors" else path
 
 
-def check_params(params, cfg, source):
-    """Raise a ValueError naming the first tensor that is missing, unexpected or misshapen."""
-    expected = param_shapes(cfg)
-    missing = [k for k in expected if k not in params]
-    extra = [k for k in params if k not in expected]
-    if missing or extra:
-        raise ValueError(f"{source} does not match the model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")
-    for name, shape in expected.items():
-        if tuple(params[name].shape) != tuple(shape):
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(params[name].shape)}, "
-                             f"the model expects {tuple(shape)}")
-
-
 def save_checkpoint(out_dir, model, tokenizer, optimizer=None, state=None):
-    """Write model (+ optimizer) and a JSON-able ``state`` dict to out_dir/checkpoint.safetensors."""
+    """Write model (+ optimizer) and a JSON-able ``state`` dict to out_dir/checkpoint.safetensors.
+
+    >>> save_checkpoint("out", model, tokenizer, optimizer, {"iter": 100})   # doctest: +SKIP
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"params.{k}": v for k, v in model.params.items()}
@@ -56,27 +49,12 @@ def save_checkpoint(out_dir, model, tokenizer, optimizer=None, state=None):
     metadata = {
         "format": FORMAT,
         "model_config": json.dumps(model.config.to_dict()),
-        "tokenizer": json.dumps(tokenizer_to_dict(tokenizer)),
+        "tokenizer": json.dumps(tokenizer.to_dict()),
         "state": json.dumps({**(state or {}), "adam_t": optimizer.t if optimizer else 0}),
     }
     path = out_dir / CHECKPOINT
     safetensors.save_file(tensors, path, metadata=metadata)
     return path
-
-
-def tokenizer_to_dict(tokenizer):
-    if isinstance(tokenizer, CharTokenizer):
-        return {"type": "char", "chars": tokenizer.chars}
-    return tokenizer.to_dict()      # the BPE tokenizer describes itself
-
-
-def tokenizer_from_dict(d, source):
-    if d.get("type") == "char":
-        return CharTokenizer(d["chars"])
-    if d.get("type") == "bpe":
-        from .bpe import BPETokenizer
-        return BPETokenizer.from_dict(d)
-    raise ValueError(f"{source}: unknown tokenizer type {d.get('type')!r}")
 
 
 @dataclass
@@ -92,8 +70,8 @@ class Checkpoint:
 def load_checkpoint(path, dtype=None):
     """Read a checkpoint written by ``save_checkpoint``; clear errors for anything wrong with it.
 
-    >>> ckpt = load_checkpoint("out")            # doctest: +SKIP
-    >>> ckpt.model, ckpt.tokenizer, ckpt.state["iter"]  # doctest: +SKIP
+    >>> ckpt = load_checkpoint("out")                       # doctest: +SKIP
+    >>> ckpt.model, ckpt.tokenizer, ckpt.state["iter"]      # doctest: +SKIP
     """
     path = checkpoint_path(path)
     if not path.exists():
@@ -105,35 +83,55 @@ def load_checkpoint(path, dtype=None):
         raise ValueError(f"{path} is a safetensors file but not a minillm checkpoint "
                          f"(format {meta.get('format')!r}); for a GPT-2 folder use --pretrained")
     try:
-        cfg = json.loads(meta["model_config"])
-        tok = json.loads(meta["tokenizer"])
+        config = json.loads(meta["model_config"])
+        tokenizer = json.loads(meta["tokenizer"])
         state = json.loads(meta["state"])
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: damaged checkpoint metadata ({e})") from None
     if dtype is not None:
-        cfg["dtype"] = dtype
-    cfg = GPTConfig(**cfg)
-    params = {k[len("params."):]: v.astype(cfg.dtype, copy=False)
-              for k, v in tensors.items() if k.startswith("params.")}
-    check_params(params, cfg, str(path))
-    tokenizer = tokenizer_from_dict(tok, path)
-    if tokenizer.vocab_size > cfg.vocab_size:
+        config["dtype"] = dtype
+    config = GPTConfig(**config)
+    params = {k[len("params."):]: v for k, v in tensors.items() if k.startswith("params.")}
+    expected = param_shapes(config)
+    check_tensors(params, expected, str(path))
+    params = {k: params[k].astype(config.dtype, copy=False) for k in expected}  # GPT-2's order
+    tokenizer = tokenizer_from_dict(tokenizer, path)
+    if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, the model only "
-                         f"{cfg.vocab_size}")
+                         f"{config.vocab_size}")
     adam = None
     if any(k.startswith("adam.") for k in tensors):
         adam = {"t": state.get("adam_t", 0),
                 "m": {k[len("adam.m."):]: v for k, v in tensors.items() if k.startswith("adam.m.")},
                 "v": {k[len("adam.v."):]: v for k, v in tensors.items() if k.startswith("adam.v.")}}
-    return Checkpoint(GPT(cfg, params=params), tokenizer, adam, state, path)
+    return Checkpoint(GPT(config, params=params), tokenizer, adam, state, path)
 
 
-def rng_state(rng):
-    """A Generator's state as JSON-able data (PCG64 keeps two big integers)."""
-    return rng.bit_generator.state
+def load_pretrained(folder, dtype="float32"):
+    """Load a Hugging Face GPT-2 folder -> (GPT, BPETokenizer or None).
+
+    The same as ``GPT.from_pretrained(folder)`` with the tokenizer handed back beside the model.
+
+    >>> model, tokenizer = load_pretrained("gpt2-folder", dtype="float64")   # doctest: +SKIP
+    """
+    model = GPT.from_pretrained(folder, dtype)
+    return model, model.tokenizer
 
 
-def rng_from_state(state):
-    rng = np.random.default_rng()
-    rng.bit_generator.state = state
-    return rng
+def load_model(path):
+    """(model, tokenizer, kind) from a minillm run folder ("minillm") or a GPT-2 folder ("gpt2").
+
+    >>> model, tokenizer, kind = load_model("out")                         # doctest: +SKIP
+    """
+    path = Path(path).expanduser()
+    if path.is_file() or (path / CHECKPOINT).is_file():
+        ckpt = load_checkpoint(path)
+        return ckpt.model, ckpt.tokenizer, "minillm"
+    if (path / "config.json").is_file():
+        model, tokenizer = load_pretrained(path)
+        if tokenizer is None:
+            raise FileNotFoundError(f"{path} has no vocab.json/merges.txt, so its text cannot be "
+                                    "encoded; copy the tokenizer files of the model next to it")
+        return model, tokenizer, "gpt2"
+    raise FileNotFoundError(f"{path} is neither a minillm checkpoint folder ({CHECKPOINT}) nor a "
+                            "GPT-2 folder (config.json + model.safetensors)")

@@ -11,46 +11,72 @@ Shape legend: B batch, T time, C channels.
 """
 from typing import NamedTuple
 
-from .attention import mha_backward, mha_forward
-from .layers import (dropout_backward, dropout_forward, gelu_backward, gelu_forward,
-                     layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+from .attention import MHACache, mha_backward, mha_forward
+from .layers import (DropoutCache, GeluFusedCache, LayerNormCache, LinearCache, dropout_backward,
+                     dropout_forward, gelu_fused_backward, gelu_fused_forward, layernorm_backward,
+                     layernorm_forward, linear_backward, linear_forward)
+
+
+class MLPCache(NamedTuple):
+    c_fc: LinearCache            # x (B, T, C) -> h (B, T, 4C)
+    gelu: GeluFusedCache         # h -> gelu(h)
+    c_proj: LinearCache          # gelu(h) -> out (B, T, C)
 
 
 def mlp_forward(x, c_fc_w, c_fc_b, c_proj_w, c_proj_b):
-    """x: (B, T, C); c_fc_w: (C, 4C); c_proj_w: (4C, C) -> out: (B, T, C)."""
+    """x: (B, T, C); c_fc_w: (C, 4C); c_proj_w: (4C, C) -> out: (B, T, C).
+
+    The GELU is ``gelu_fused_forward``, the in-place form of ``gelu_forward`` (tested equal).
+
+    >>> import numpy as np
+    >>> out, cache = mlp_forward(np.ones((1, 2, 3)), np.ones((3, 12)), np.zeros(12),
+    ...                          np.ones((12, 3)), np.zeros(3))
+    >>> out.shape
+    (1, 2, 3)
+    """
     h, c_fc_cache = linear_forward(x, c_fc_w, c_fc_b)          # (B, T, 4C)
-    h, gelu_cache = gelu_forward(h)                           # (B, T, 4C)
+    h, gelu_cache = gelu_fused_forward(h)                     # (B, T, 4C)
     out, c_proj_cache = linear_forward(h, c_proj_w, c_proj_b)  # (B, T, C)
-    return out, (c_fc_cache, gelu_cache, c_proj_cache)
+    return out, MLPCache(c_fc_cache, gelu_cache, c_proj_cache)
 
 
 def mlp_backward(dout, cache):
     """dout: (B, T, C) -> dx, dc_fc_w, dc_fc_b, dc_proj_w, dc_proj_b."""
-    c_fc_cache, gelu_cache, c_proj_cache = cache
-    dh, dc_proj_w, dc_proj_b = linear_backward(dout, c_proj_cache)   # (B, T, 4C)
-    dh = gelu_backward(dh, gelu_cache)
-    dx, dc_fc_w, dc_fc_b = linear_backward(dh, c_fc_cache)           # (B, T, C)
+    dh, dc_proj_w, dc_proj_b = linear_backward(dout, cache.c_proj)   # (B, T, 4C)
+    dh = gelu_fused_backward(dh, cache.gelu)
+    dx, dc_fc_w, dc_fc_b = linear_backward(dh, cache.c_fc)           # (B, T, C)
     return dx, dc_fc_w, dc_fc_b, dc_proj_w, dc_proj_b
 
 
 class BlockCache(NamedTuple):
-    ln_1: tuple
-    attn: tuple
-    drop_1: object
-    ln_2: tuple
-    mlp: tuple
-    drop_2: object
+    ln_1: LayerNormCache
+    attn: MHACache
+    drop_1: DropoutCache         # on the attention branch
+    ln_2: LayerNormCache
+    mlp: MLPCache
+    drop_2: DropoutCache         # on the MLP branch
+
+    @property
+    def att(self):
+        """This block's attention weights, (B, nh, T, S)."""
+        return self.attn.att
 
 
-def block_forward(x, p, n_head, dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
+def block_forward(x, p, n_head, *, dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     """One pre-LN block. x: (B, T, C); p: the block's parameters -> out: (B, T, C).
 
-    ``cache.attn.attn.att`` holds this block's attention weights, (B, nh, T, S).
+    >>> import numpy as np
+    >>> from minillm.core.config import GPTConfig, block_param_shapes
+    >>> p = {name: np.ones(shape) for name, shape in block_param_shapes(GPTConfig(n_embd=8)).items()}
+    >>> out, cache = block_forward(np.zeros((1, 3, 8)), p, n_head=2)
+    >>> out.shape, cache.att.shape
+    ((1, 3, 8), (1, 2, 3, 3))
     """
     h, ln_1_cache = layernorm_forward(x, p["ln_1.weight"], p["ln_1.bias"])
     h, attn_cache = mha_forward(h, p["attn.c_attn.weight"], p["attn.c_attn.bias"],
                                 p["attn.c_proj.weight"], p["attn.c_proj.bias"], n_head,
-                                dropout, rng, train, kv_cache, layer)
+                                dropout=dropout, rng=rng, train=train, kv_cache=kv_cache,
+                                layer=layer)
     h, drop_1 = dropout_forward(h, dropout, rng, train)
     x = x + h                                                  # residual
     h, ln_2_cache = layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"])

@@ -41,8 +41,6 @@ Example:
     {'step': '7'}
 """
 
-from __future__ import annotations
-
 import json
 import math
 import os
@@ -50,8 +48,6 @@ import os
 import numpy as np
 
 from .files import atomic_open
-
-__all__ = ["load_file", "save_file", "read_header", "read_metadata"]
 
 # dtype name in the file -> NumPy dtype of the bytes on disk. Always '<'
 # (little-endian), whatever the machine. BF16 has no NumPy dtype, so its raw
@@ -69,14 +65,14 @@ _DEFAULT_NAME = {(dt.kind, dt.itemsize): name
                  for name, dt in _DTYPES.items() if name != "BF16"}
 
 
-def _error(path, problem: str) -> ValueError:
+def _error(path, problem):
     return ValueError(f"invalid safetensors file {os.fspath(path)!r}: {problem}")
 
 
-# --------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # bfloat16: the top half of a float32 (1 sign, 8 exponent, 7 mantissa bits).
-# --------------------------------------------------------------------------
-def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+# ----------------------------------------------------------------------------------------------
+def _bf16_bits_to_f32(bits):
     """uint16 bfloat16 bit patterns -> float32, exactly (no rounding needed).
 
     A bfloat16 is a float32 with the low 16 mantissa bits dropped, so putting
@@ -88,7 +84,7 @@ def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     return wide.view(np.float32)
 
 
-def _f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+def _f32_to_bf16_bits(x):
     """float32 -> uint16 bfloat16 bit patterns, rounding to nearest, ties to even.
 
     Adding 0x7FFF (+1 if the lowest kept bit is odd) before dropping the low 16
@@ -106,9 +102,9 @@ def _f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), np.uint32(0x7FC0), rounded).astype(np.uint16)
 
 
-# --------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Reading
-# --------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 def _reject_duplicates(pairs):
     """json ``object_pairs_hook``: plain json.loads would keep the last duplicate."""
     result = {}
@@ -119,11 +115,11 @@ def _reject_duplicates(pairs):
     return result
 
 
-def _is_count(x) -> bool:  # a JSON non-negative integer (bool is not a number here)
+def _is_count(x):  # a JSON non-negative integer (bool is not a number here)
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _check_entry(path, name: str, entry) -> None:
+def _check_entry(path, name, entry):
     """Check one tensor entry of the header on its own."""
     if not isinstance(entry, dict):
         raise _error(path, f"header entry for tensor {name!r} is not a JSON object")
@@ -151,7 +147,7 @@ def _check_entry(path, name: str, entry) -> None:
                            f"{end - begin}")
 
 
-def _check_layout(path, tensors: dict, data_size: int) -> None:
+def _check_layout(path, tensors, data_size):
     """Check that the tensors tile the data section [0, data_size) exactly."""
     position, previous = 0, None
     for name, entry in sorted(tensors.items(), key=lambda kv: kv[1]["data_offsets"]):
@@ -203,7 +199,7 @@ def _read_header(f, path):
     return header, metadata, 8 + n
 
 
-def read_header(path) -> dict[str, dict]:
+def read_header(path):
     """Return the validated tensor entries of a file without reading the data.
 
     >>> read_header("model.safetensors")                    # doctest: +SKIP
@@ -213,13 +209,13 @@ def read_header(path) -> dict[str, dict]:
         return _read_header(f, path)[0]
 
 
-def read_metadata(path) -> dict[str, str]:
+def read_metadata(path):
     """Return the ``__metadata__`` map of a file (``{}`` if it has none)."""
     with open(path, "rb") as f:
         return _read_header(f, path)[1]
 
 
-def load_file(path) -> dict[str, np.ndarray]:
+def load_file(path):
     """Load every tensor of a safetensors file into writeable NumPy arrays.
 
     Each tensor is read straight from the file into its own freshly allocated
@@ -244,9 +240,9 @@ def load_file(path) -> dict[str, np.ndarray]:
     return result
 
 
-# --------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 # Writing
-# --------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
 def _prepare(name, array, dtype_name):
     """Return ``(dtype_name, C-contiguous little-endian array)`` for saving."""
     if not isinstance(name, str):
@@ -275,9 +271,7 @@ def _prepare(name, array, dtype_name):
     return dtype_name, array.astype(target, order="C", copy=False)
 
 
-def save_file(tensors: dict[str, np.ndarray], path,
-              metadata: dict[str, str] | None = None,
-              dtypes: dict[str, str] | None = None) -> None:
+def save_file(tensors, path, metadata=None, dtypes=None):
     """Write ``tensors`` to ``path`` in safetensors format, atomically.
 
     ``dtypes`` optionally overrides the stored dtype per tensor, e.g.

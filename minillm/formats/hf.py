@@ -1,4 +1,4 @@
-"""Load and save GPT-2 checkpoints in the folder layout of Hugging Face Transformers.
+"""GPT-2 checkpoints in the folder layout of Hugging Face Transformers, read and written.
 
 A GPT-2 folder holds
 
@@ -9,16 +9,15 @@ A GPT-2 folder holds
     merges.txt           the tokenizer (optional): BPE merges in rank order
 
 minillm's parameters already use GPT-2's names and shapes (its linear layers store weights as
-(in, out), like GPT-2's ``Conv1D``), so loading is: read the config, check every tensor, and put
-the arrays in a dict. Nothing is transposed or renamed except the optional prefix.
+(in, out), like GPT-2's ``Conv1D``), so reading is: read the config, check every tensor, and put
+the arrays in a dict. Nothing is transposed or renamed except the optional prefix. This module
+deals in configs and dicts of arrays; ``GPT.from_pretrained`` / ``GPT.save_pretrained`` (and
+``minillm.load_pretrained``) turn them into models.
 
-    >>> model, tokenizer = load_pretrained("gpt2-folder")               # doctest: +SKIP
-    >>> ids = tokenizer.encode("Hello, my dog")                         # doctest: +SKIP
-    >>> text = "".join(stream_decode(tokenizer, generate(model, ids, 20, greedy=True)))  # doctest: +SKIP
+    >>> config, params, tokenizer = read_folder("gpt2-folder")          # doctest: +SKIP
 
 Shape legend: V vocabulary, C channels (n_embd).
 """
-import codecs
 import json
 import math
 import re
@@ -26,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .bpe import BPETokenizer
+from ..core.config import GPTConfig, check_tensors, param_shapes
+from ..tokenizers.bpe import BPETokenizer
+from ..tokenizers.gpt2_files import GPT2_PATTERN, parse_gpt2_vocab
 from .files import atomic_write_text, read_json
-from .gpt2_tokenizer import GPT2_PATTERN, parse_gpt2_vocab
-from .model import GPT, GPTConfig, param_shapes
 from .safetensors import load_file, save_file
 
 # Tensors some checkpoints store that are not parameters: each attention layer's causal mask.
@@ -38,7 +37,9 @@ GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")    # both are the tanh approximat
 LAYER_NORM_EPS = 1e-5
 
 
-# -- config.json ---------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
+# config.json
+# ----------------------------------------------------------------------------------------------
 
 def config_from_gpt2(hf, dtype="float32", path="config.json"):
     """A GPT-2 config.json (as a dict) -> GPTConfig; anything minillm cannot run is a ValueError.
@@ -58,9 +59,9 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
     if missing:
         raise bad(f"missing {', '.join(missing)}")
     try:
-        cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
-                        n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                        dropout=float(hf.get("resid_pdrop") or 0.0), dtype=dtype)
+        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
+                           n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                           dropout=float(hf.get("resid_pdrop") or 0.0), dtype=dtype)
     except (ValueError, TypeError) as e:
         raise bad(e) from None
     act = hf.get("activation_function", "gelu_new")
@@ -70,33 +71,33 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
     eps = hf.get("layer_norm_epsilon", LAYER_NORM_EPS)
     if not isinstance(eps, (int, float)) or not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-6):
         raise bad(f"layer_norm_epsilon is {eps}; minillm's LayerNorm uses {LAYER_NORM_EPS}")
-    if hf.get("n_inner") not in (None, 4 * cfg.n_embd):
-        raise bad(f"n_inner is {hf['n_inner']}; minillm's MLP has 4 * n_embd = {4 * cfg.n_embd} units")
+    if hf.get("n_inner") not in (None, 4 * config.n_embd):
+        raise bad(f"n_inner is {hf['n_inner']}; minillm's MLP has 4 * n_embd = {4 * config.n_embd} units")
     unsupported = {"tie_word_embeddings": False, "scale_attn_weights": False,
                    "scale_attn_by_inverse_layer_idx": True, "add_cross_attention": True}
     for key, value in unsupported.items():
         if hf.get(key, not value) == value:
             raise bad(f"{key} is {str(value).lower()}, which minillm does not support "
                       f"(its GPT-2 has tied embeddings, 1/sqrt(hs) attention, no cross-attention)")
-    return cfg
+    return config
 
 
-def config_to_gpt2(cfg, tokenizer=None):
+def config_to_gpt2(config, tokenizer=None):
     """GPTConfig -> the dict of a GPT-2 config.json that Transformers' GPT2LMHeadModel accepts."""
     eot = getattr(tokenizer, "eot_token", None)
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.block_size,
-        "n_ctx": cfg.block_size,
-        "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
         "n_inner": None,                                   # None means 4 * n_embd
         "activation_function": "gelu_new",
         "layer_norm_epsilon": LAYER_NORM_EPS,
-        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "tie_word_embeddings": True,
@@ -107,7 +108,9 @@ def config_to_gpt2(cfg, tokenizer=None):
     }
 
 
-# -- model.safetensors -----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------
+# model.safetensors
+# ----------------------------------------------------------------------------------------------
 
 def _read_tensors(folder):
     """All tensors of the folder's safetensors file(s): name -> (array, file it came from)."""
@@ -135,9 +138,9 @@ def _read_tensors(folder):
     return tensors
 
 
-def params_from_gpt2(tensors, cfg, path="model.safetensors"):
-    """Checkpoint tensors (name -> array) -> minillm params in ``cfg.dtype``, checked by name and
-    shape. A ``transformer.`` prefix is dropped; the attention-mask buffers are skipped; an
+def params_from_gpt2(tensors, config, path="model.safetensors"):
+    """Checkpoint tensors (name -> array) -> minillm params in ``config.dtype``, checked by name
+    and shape. A ``transformer.`` prefix is dropped; the attention-mask buffers are skipped; an
     ``lm_head.weight`` must equal ``wte.weight`` (minillm ties the two)."""
     found, lm_head = {}, None
     for name, array in tensors.items():
@@ -149,53 +152,16 @@ def params_from_gpt2(tensors, cfg, path="model.safetensors"):
                 raise ValueError(f"{path}: tensor {short!r} is stored twice (with and without "
                                  "the 'transformer.' prefix)")
             found[short] = array
-    expected = param_shapes(cfg)
-    missing = [f"{name} {shape}" for name, shape in expected.items() if name not in found]
-    if missing:
-        raise ValueError(f"{path}: missing {len(missing)} tensor(s): {', '.join(missing)}")
-    unknown = sorted(set(found) - set(expected))
-    if unknown:
-        raise ValueError(f"{path}: unknown tensor(s) not in a GPT-2 of this config: "
-                         f"{', '.join(unknown)}")
-    params = {}
-    for name, shape in expected.items():
-        array = found[name]
-        if array.shape != shape:
-            raise ValueError(f"{path}: tensor {name!r} has shape {array.shape}, expected {shape} "
-                             "from config.json")
-        if array.dtype.kind != "f":
-            raise ValueError(f"{path}: tensor {name!r} has dtype {array.dtype}, expected floats")
-        params[name] = array.astype(cfg.dtype, copy=False)   # F16/BF16/F64 -> the model's dtype
+    expected = param_shapes(config)
+    check_tensors(found, expected, path)
     if lm_head is not None and not np.array_equal(lm_head, found["wte.weight"]):
         raise ValueError(f"{path}: lm_head.weight differs from wte.weight (an untied output "
                          "layer); minillm's GPT-2 uses wte.weight for both")
-    return params
+    return {name: found[name].astype(config.dtype, copy=False)   # F16/BF16/F64 -> model's dtype
+            for name in expected}
 
 
-# -- loading ---------------------------------------------------------------------------------------
-
-def load_pretrained_model(folder, dtype="float32"):
-    """Read config.json + model.safetensors from ``folder`` into a GPT (dtype float32|float64)."""
-    if dtype not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: checkpoint folder not found")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: not found; a GPT-2 folder needs config.json "
-                                "next to model.safetensors")
-    hf = read_json(config_path)
-    if not isinstance(hf, dict):
-        raise ValueError(f"{config_path}: expected a JSON object")
-    cfg = config_from_gpt2(hf, dtype, config_path)
-    tensors = _read_tensors(folder)
-    files = sorted({str(path) for _, path in tensors.values()})
-    params = params_from_gpt2({name: a for name, (a, _) in tensors.items()}, cfg, ", ".join(files))
-    return GPT(cfg, params=params)
-
-
-def load_pretrained_tokenizer(folder):
+def read_tokenizer(folder):
     """GPT-2's tokenizer from ``folder``: ``vocab.json`` + ``merges.txt``, else the same table and
     merges inside a byte-level BPE ``tokenizer.json`` (what Transformers 5 saves); None if absent."""
     folder = Path(folder)
@@ -226,37 +192,47 @@ def _tokenizer_from_json(path, data):
     return BPETokenizer(id_merges, byte_ids, special_ids)
 
 
-def load_pretrained(folder, dtype="float32"):
-    """Load a Hugging Face GPT-2 folder -> (GPT, BPETokenizer or None).
+# ----------------------------------------------------------------------------------------------
+# Whole folders
+# ----------------------------------------------------------------------------------------------
 
-    F16/BF16 weights are converted to ``dtype``. A tokenizer with ids the model cannot embed
-    (id >= vocab_size) is an error.
+def read_folder(folder, dtype="float32"):
+    """A Hugging Face GPT-2 folder -> (GPTConfig, params, BPETokenizer or None).
 
-    >>> model, tokenizer = load_pretrained("gpt2-folder", dtype="float64")   # doctest: +SKIP
-    """
-    model = load_pretrained_model(folder, dtype)
-    tokenizer = load_pretrained_tokenizer(folder)
-    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"{folder}: the tokenizer has ids up to "
-                         f"{tokenizer.vocab_size - 1}, but config.json has vocab_size "
-                         f"{model.config.vocab_size}")
-    return model, tokenizer
+    F16/BF16 weights are converted to ``dtype`` (float32 or float64). A tokenizer with ids the
+    model cannot embed (id >= vocab_size) is an error."""
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: checkpoint folder not found")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: not found; a GPT-2 folder needs config.json "
+                                "next to model.safetensors")
+    hf = read_json(config_path)
+    if not isinstance(hf, dict):
+        raise ValueError(f"{config_path}: expected a JSON object")
+    config = config_from_gpt2(hf, dtype, config_path)
+    tensors = _read_tensors(folder)
+    files = sorted({str(path) for _, path in tensors.values()})
+    params = params_from_gpt2({name: a for name, (a, _) in tensors.items()}, config, ", ".join(files))
+    tokenizer = read_tokenizer(folder)
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{folder}: the tokenizer has ids up to {tokenizer.vocab_size - 1}, but "
+                         f"config.json has vocab_size {config.vocab_size}")
+    return config, params, tokenizer
 
 
-# -- saving ----------------------------------------------------------------------------------------
+def write_folder(folder, config, params, tokenizer=None):
+    """Write a GPT-2 folder Transformers can load: config.json, model.safetensors (float32,
+    names ``transformer.*``) and, for a BPE ``tokenizer``, vocab.json + merges.txt.
 
-def save_pretrained(model, folder, tokenizer=None):
-    """Write ``model`` (and a BPE ``tokenizer``) as a GPT-2 folder Transformers can load:
-    config.json, model.safetensors (float32, names ``transformer.*``), vocab.json + merges.txt.
-
-    Every file is written atomically; the folder is created if needed.
-
-    >>> save_pretrained(model, "out/gpt2-folder", tokenizer)               # doctest: +SKIP
-    """
-    cfg = model.config
-    if cfg.pos_encoding != "learned":
-        raise ValueError(f"a model with {cfg.pos_encoding!r} positions cannot be saved as GPT-2, "
-                         "which has learned positions (wpe.weight); train with "
+    Everything is checked before anything is written; every file is written atomically and the
+    folder is created if needed."""
+    if config.pos_encoding != "learned":
+        raise ValueError(f"a model with {config.pos_encoding!r} positions cannot be saved as "
+                         "GPT-2, which has learned positions (wpe.weight); train with "
                          "pos_encoding='learned' to export")
     if tokenizer is not None:
         if not isinstance(tokenizer, BPETokenizer):
@@ -265,57 +241,16 @@ def save_pretrained(model, folder, tokenizer=None):
         if tokenizer.pattern != GPT2_PATTERN:
             raise ValueError("vocab.json + merges.txt imply GPT-2's pre-tokenization pattern; this "
                              f"tokenizer uses {tokenizer.pattern!r}, so save it with tokenizer.save()")
-        if tokenizer.vocab_size > cfg.vocab_size:
+        if tokenizer.vocab_size > config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
-                             f"{cfg.vocab_size} (vocab_size)")
-    expected = param_shapes(cfg)
-    for name, shape in expected.items():
-        if name not in model.params or model.params[name].shape != shape:
-            found = getattr(model.params.get(name), "shape", "nothing")
-            raise ValueError(f"model.params[{name!r}] is {found}, expected shape {shape}")
+                             f"{config.vocab_size} (vocab_size)")
+    check_tensors(params, param_shapes(config), "the model's parameters")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"transformer." + name: np.asarray(model.params[name], dtype=np.float32)
-               for name in expected}
+    tensors = {"transformer." + name: np.asarray(array, dtype=np.float32)
+               for name, array in params.items()}
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.to_gpt2(folder)
-    config = config_to_gpt2(cfg, tokenizer)
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
-
-
-# -- streaming text --------------------------------------------------------------------------------
-
-def stream_decode(tokenizer, ids):
-    """Yield the text of the token ids in ``ids`` (any iterable, e.g. ``generate(...)``) piece by
-    piece, as the ids arrive.
-
-    A byte-level BPE token can end in the middle of a character: "é" is the two bytes C3 A9,
-    which GPT-2 may emit as two tokens. Decoding each token alone would print two U+FFFD. So the
-    bytes go through an incremental UTF-8 decoder, which holds back an incomplete character until
-    its last byte arrives; invalid bytes become U+FFFD, and so does a character still incomplete
-    at the end. Joined, the pieces equal ``tokenizer.decode(all ids)``. A tokenizer without
-    ``token_bytes`` (e.g. CharTokenizer) decodes each id on its own.
-
-    >>> tok = BPETokenizer()                        # one token per byte
-    >>> list(stream_decode(tok, [104, 195, 169]))   # "h", then "é" once both of its bytes are in
-    ['h', 'é']
-    """
-    token_bytes = getattr(tokenizer, "token_bytes", None)
-    if token_bytes is None:
-        for i in ids:
-            yield tokenizer.decode([int(i)])
-        return
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for i in ids:
-        text = decoder.decode(token_bytes(int(i)))
-        if text:
-            yield text
-    tail = decoder.decode(b"", final=True)          # flush: an unfinished character -> U+FFFD
-    if tail:
-        yield tail
-
-
-__all__ = ["load_pretrained", "load_pretrained_model", "load_pretrained_tokenizer",
-           "save_pretrained", "stream_decode", "config_from_gpt2", "config_to_gpt2",
-           "params_from_gpt2"]
+    atomic_write_text(folder / "config.json",
+                      json.dumps(config_to_gpt2(config, tokenizer), indent=2) + "\n")

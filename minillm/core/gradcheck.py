@@ -59,6 +59,36 @@ def dot_loss(out, weights):
     return float(np.sum(out * weights))
 
 
+def layer_grad_errors(forward, backward, inputs, rng, names=None, h=1e-5):
+    """Check a layer's backward against numerical gradients, the way every test here does it.
+
+    forward(*inputs) -> (out, cache); backward(dout, cache) -> one gradient per input, in order
+    (a single array if there is one input). The upstream gradient dout is random (from ``rng``),
+    the scalar checked is ``sum(out * dout)``. Returns {name: relative error} (names default to
+    "0", "1", ...); shapes that differ raise a ValueError.
+
+    >>> square = lambda x: (x * x, x)
+    >>> errors = layer_grad_errors(square, lambda dout, x: 2 * x * dout, [np.ones(3)],
+    ...                            np.random.default_rng(0), names=["x"])
+    >>> errors["x"] < 1e-8
+    True
+    """
+    out, cache = forward(*inputs)
+    dout = rng.normal(size=out.shape)
+    grads = backward(dout, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    names = [str(i) for i in range(len(inputs))] if names is None else list(names)
+    if len(grads) != len(inputs):
+        raise ValueError(f"backward returned {len(grads)} gradients for {len(inputs)} inputs")
+    errors = {}
+    for name, x, g in zip(names, inputs, grads):
+        if g.shape != x.shape:
+            raise ValueError(f"gradient {name} has shape {g.shape}, its input {x.shape}")
+        errors.update(grad_errors(lambda: dot_loss(forward(*inputs)[0], dout), {name: x},
+                                  {name: g}, h))
+    return errors
+
+
 def grad_errors(f, params, grads, h=1e-5):
     """Compare every named gradient with its numerical value; returns {name: relative error}.
 

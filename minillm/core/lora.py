@@ -30,11 +30,13 @@ Adapter names follow the weight they adapt: ``h.0.attn.c_attn.weight`` gets
 import math
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
+from ..formats.safetensors import load_file, read_metadata, save_file
+from .config import check_tensors
 from .model import GPT
-from .safetensors import load_file, read_metadata, save_file
 
 TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
@@ -42,6 +44,15 @@ TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 # ----------------------------------------------------------------------------------------------
 # The two layer pairs
 # ----------------------------------------------------------------------------------------------
+
+class LoRALinearCache(NamedTuple):
+    x: np.ndarray                # (..., in) the input
+    W: np.ndarray                # (in, out) the frozen weight
+    A: np.ndarray                # (in, r)
+    B: np.ndarray                # (r, out)
+    h: np.ndarray                # (N, r) x @ A, the input brought down to rank r
+    scale: float                 # alpha / r
+
 
 def lora_linear_forward(x, W, b, A, B, scale):
     """``out = x @ W + b + scale * (x @ A) @ B``: a frozen linear layer plus its low-rank path.
@@ -58,7 +69,7 @@ def lora_linear_forward(x, W, b, A, B, scale):
     x2 = x.reshape(-1, x.shape[-1])                    # (N, in)
     h = x2 @ A                                         # (N, r)   down to rank r
     out = x2 @ W + b + scale * (h @ B)                 # (N, out) frozen path + low-rank path
-    return out.reshape(*x.shape[:-1], W.shape[1]), (x, W, A, B, h, scale)
+    return out.reshape(*x.shape[:-1], W.shape[1]), LoRALinearCache(x, W, A, B, h, scale)
 
 
 def lora_linear_backward(dout, cache):
@@ -74,6 +85,12 @@ def lora_linear_backward(dout, cache):
     return dx, dA, dB
 
 
+class LoRAMergeCache(NamedTuple):
+    A: np.ndarray                # (in, r)
+    B: np.ndarray                # (r, out)
+    scale: float                 # alpha / r
+
+
 def lora_merge_forward(W, A, B, scale):
     """``W_eff = W + scale * A @ B``: the frozen weight with the adapter folded in.
 
@@ -84,7 +101,7 @@ def lora_merge_forward(W, A, B, scale):
     array([[0.5, 0.5],
            [0.5, 0.5]])
     """
-    return W + scale * (A @ B), (A, B, scale)
+    return W + scale * (A @ B), LoRAMergeCache(A, B, scale)
 
 
 def lora_merge_backward(dW_eff, cache):
@@ -165,20 +182,11 @@ def init_adapters(model, config, rng):
 
 
 def _check_adapters(adapters, model, config, source="adapters"):
-    """ValueError naming the first tensor that is missing, unexpected or of the wrong shape."""
+    """ValueError naming the first adapter tensor that is missing, unexpected or misshapen."""
     expected = {}
     for a_name, a_shape, b_name, b_shape in adapter_shapes(model, config).values():
         expected[a_name], expected[b_name] = a_shape, b_shape
-    for name, shape in expected.items():
-        if name not in adapters:
-            raise ValueError(f"{source} has no tensor {name!r} (expected shape {shape})")
-        if tuple(adapters[name].shape) != shape:
-            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(adapters[name].shape)}, "
-                             f"the model needs {shape}")
-    for name in adapters:
-        if name not in expected:
-            raise ValueError(f"{source} has tensor {name!r}, which this model and "
-                             f"LoRA config (targets {config.targets}) do not use")
+    check_tensors(adapters, expected, f"{source} (LoRA targets {', '.join(config.targets)})")
 
 
 class LoRA:

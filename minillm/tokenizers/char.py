@@ -14,14 +14,15 @@ same job for whole corpora: it turns the text into its Unicode code points with 
 megabyte of text is encoded in milliseconds instead of a Python loop over every character.
 
 A tokenizer is saved as one small JSON file, ``{"type": "char", "chars": [...]}``;
-``load_tokenizer`` reads such a file and returns the right tokenizer class for its ``"type"``.
+``minillm.load_tokenizer`` reads such a file and returns the right tokenizer class for its
+``"type"``.
 """
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text, read_json
+from ..formats.files import atomic_write_text
 
 # How many distinct unknown characters an error message spells out before saying "and N more".
 _MAX_LISTED = 10
@@ -217,28 +218,26 @@ class CharTokenizer:
     # Saving and loading
     # ------------------------------------------------------------------------------------------
 
-    def save(self, path):
-        """Write ``{"type": "char", "chars": [...]}`` to ``path`` (atomically) and return it."""
-        atomic_write_text(path, json.dumps({"type": "char", "chars": list(self._chars)}))
-        return Path(path)
+    def to_dict(self):
+        """The tokenizer as JSON-ready data: ``{"type": "char", "chars": [...]}``."""
+        return {"type": "char", "chars": list(self._chars)}
 
     @classmethod
-    def load(cls, path):
-        """Read a tokenizer written by ``save``.
-
-        Example: ``CharTokenizer.load(tok.save("out/tokenizer.json")) == tok`` is True.
-        """
-        data = _read_json(path)
-        if data["type"] != "char":
-            raise ValueError(f"{path} holds a {data['type']!r} tokenizer, not a 'char' one; "
-                             f"use minillm.tokenizer.load_tokenizer to load any kind")
-        chars = data.get("chars")
+    def from_dict(cls, data, source="tokenizer"):
+        """Rebuild a tokenizer from ``to_dict``'s output; errors name ``source``."""
+        chars = data.get("chars") if isinstance(data, dict) else None
         if not isinstance(chars, list):
-            raise ValueError(f"{path} has no 'chars' list (a char tokenizer file needs one)")
+            raise ValueError(f"{source} has no 'chars' list (a char tokenizer file needs one)")
         try:
             return cls(chars)
         except ValueError as e:
-            raise ValueError(f"{path} has a bad 'chars' list: {e}") from None
+            raise ValueError(f"{source} has a bad 'chars' list: {e}") from None
+
+    def save(self, path):
+        """Write ``to_dict()`` as JSON to ``path`` (atomically) and return the path; read it back
+        with ``minillm.load_tokenizer(path)``."""
+        atomic_write_text(path, json.dumps(self.to_dict()))
+        return Path(path)
 
     def __eq__(self, other):
         if not isinstance(other, CharTokenizer):
@@ -249,22 +248,6 @@ class CharTokenizer:
 
     def __repr__(self):
         return f"CharTokenizer(vocab_size={self.vocab_size})"
-
-
-def load_tokenizer(path):
-    """Load any saved tokenizer, choosing the class from the file's ``"type"`` field.
-
-    "char" -> CharTokenizer, "bpe" -> minillm.bpe.BPETokenizer.
-    Example: ``tok = load_tokenizer("out/tokenizer.json")``.
-    """
-    data = _read_json(path)
-    kind = data["type"]
-    if kind == "char":
-        return CharTokenizer.load(path)
-    if kind == "bpe":
-        from minillm.bpe import BPETokenizer      # imported here so char-only use never needs it
-        return BPETokenizer.load(path)
-    raise ValueError(f"{path} has unknown tokenizer type {kind!r} (known types: 'char', 'bpe')")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,15 +261,3 @@ def _describe(c):
 
 def _bad_id_message(i, pos, vocab_size):
     return f"id {i} at position {pos} is not in the vocabulary (valid ids are 0..{vocab_size - 1})"
-
-
-def _read_json(path):
-    """Read a tokenizer JSON file: a dict with a string "type". Errors name the file."""
-    data = read_json(path, "tokenizer file")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} should hold a JSON object, found {type(data).__name__}")
-    if "type" not in data:
-        raise ValueError(f"{path} has no 'type' field, so the tokenizer kind is unknown")
-    if not isinstance(data["type"], str):
-        raise ValueError(f"{path} has a 'type' field that is not a string: {data['type']!r}")
-    return data

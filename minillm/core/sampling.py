@@ -17,8 +17,10 @@ Shape legend: T time, V vocabulary.
 """
 import numpy as np
 
+from .layers import softmax_forward
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, rng=None):
+
+def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False, rng=None):
     """Choose the next token id from one row of logits (V,).
 
     Computed in float64. The draw uses one uniform number u from ``rng`` and picks the token
@@ -41,8 +43,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, r
         if top_k < z.size:
             kth = np.partition(z, -top_k)[-top_k]          # the k-th largest logit
             z = np.where(z < kth, -np.inf, z)
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
+    probs, _ = softmax_forward(z)
     if top_p is not None:
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
@@ -55,7 +56,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, greedy=False, r
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
 
 
-def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+def generate(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
              greedy=False, rng=None, use_cache=True):
     """Yield ``max_new_tokens`` new token ids, one at a time, continuing ``prompt_ids``.
 
@@ -74,18 +75,19 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
     if len(context) > block_size:
         raise ValueError(f"the prompt is {len(context)} tokens long, longer than the model's "
                          f"context of block_size={block_size}")
-    cache = model.new_kv_cache() if use_cache else None
-    logits = model.forward(np.array([context]), kv_cache=cache, last_only=True)[0, -1]
+    kv_cache = model.new_kv_cache() if use_cache else None
+    logits = model.forward(np.array([context]), kv_cache=kv_cache, last_only=True)[0, -1]
     for step in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, greedy, rng)
+        token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                            greedy=greedy, rng=rng)
         yield token
         if step == max_new_tokens - 1:
             return                                           # no logits needed after the last
         context.append(token)
-        if cache is not None and cache.length < block_size:
-            logits = model.forward(np.array([[token]]), kv_cache=cache)[0, -1]    # one new position
+        if kv_cache is not None and kv_cache.length < block_size:
+            logits = model.forward(np.array([[token]]), kv_cache=kv_cache)[0, -1]   # one new position
         else:
-            window = np.array([context[-block_size:]])                           # (1, T)
-            if cache is not None:
-                cache.length = 0                                                 # positions shifted
-            logits = model.forward(window, kv_cache=cache, last_only=True)[0, -1]
+            window = np.array([context[-block_size:]])                             # (1, T)
+            if kv_cache is not None:
+                kv_cache.length = 0                                                # positions shifted
+            logits = model.forward(window, kv_cache=kv_cache, last_only=True)[0, -1]

@@ -1,11 +1,12 @@
 """Getting text, and cutting it into training batches.
 
-Three steps take a corpus from the internet to the model's input:
+Three steps take a corpus to the model's input:
 
-1. ``fetch("shakespeare")`` downloads a registered dataset once into a cache folder and checks
-   its SHA-256, so every run trains on exactly the same bytes.
-2. ``load_text(source)`` returns the text of a dataset or of a local file (with a description).
-   A tokenizer then turns it into a 1-D array of token ids, and ``split`` keeps the first 90%
+1. ``load_text(source)`` returns the text of a named dataset or of a local file (with a
+   description). Tiny Shakespeare ships inside minillm (``minillm/datasets/``, compressed), so
+   the default run needs no network; a dataset that does not ship is downloaded once into a
+   cache folder and checked against its SHA-256, so every run trains on exactly the same bytes.
+2. A tokenizer turns the text into a 1-D array of token ids, and ``split`` keeps the first 90%
    for training and the last 10% for validation.
 3. ``get_batch`` picks B random windows of T + 1 consecutive tokens. The first T are the input
    ``x``, the last T the targets ``y``: at every position the model learns to predict the next
@@ -17,6 +18,7 @@ Three steps take a corpus from the internet to the model's input:
 Downloads are written to a temporary file in the destination folder and renamed into place
 only once complete and verified, so a failed or corrupted download never leaves a partial file.
 """
+import gzip
 import hashlib
 import http.client
 import os
@@ -28,18 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_open
+from ..formats.files import atomic_open
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "datasets"   # the corpora that ship with minillm
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A text corpus that can be downloaded and verified. size is in bytes."""
+    """A text corpus: shipped with minillm (``embedded``, a file in minillm/datasets/, gzip'ed
+    if it ends in .gz) or downloaded from ``url`` into the cache. ``size`` (bytes) and ``sha256``
+    are those of the text itself, checked either way."""
     name: str
     title: str
     url: str
     filename: str
     size: int
     sha256: str
+    embedded: str = None
 
 
 DATASETS = {
@@ -50,6 +57,7 @@ DATASETS = {
         filename="tinyshakespeare.txt",
         size=1_115_394,
         sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        embedded="tinyshakespeare.txt.gz",
     ),
 }
 
@@ -133,12 +141,11 @@ def get_dataset(name):
 
 
 def fetch(name):
-    """Path to the verified local copy of dataset ``name``, downloading it only when needed.
+    """Path to the verified local copy of a dataset that does not ship with minillm,
+    downloading it only when needed.
 
     A cached file with the right size and checksum is used as is; a corrupted one is
     downloaded again (with a note on stderr).
-
-    Example: ``fetch("shakespeare")`` -> ~/.cache/minillm/tinyshakespeare.txt
     """
     ds = get_dataset(name)
     path = cache_dir() / ds.filename
@@ -151,23 +158,21 @@ def fetch(name):
     return download(ds.url, path, sha256=ds.sha256)
 
 
+def read_embedded(ds):
+    """The text of a dataset that ships with minillm, checked against its size and sha256."""
+    path = EMBEDDED / ds.embedded
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    if len(raw) != ds.size or hashlib.sha256(raw).hexdigest() != ds.sha256:
+        raise ValueError(f"{path} is damaged (its text does not match the checksum of "
+                         f"{ds.title}); reinstall minillm")
+    return raw.decode("utf-8")
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading text
 # ----------------------------------------------------------------------------------------------
-
-def fallback_text():
-    """A corpus that ships with every CPython, for when nothing can be downloaded.
-
-    It is the help text of the ``help("topic")`` pages (``pydoc_data.topics.topics``), joined
-    in sorted-key order with blank lines: about 465,000 characters on CPython 3.11 (less than
-    half of Tiny Shakespeare's 1.1 million), English prose with Python code examples.
-    """
-    try:
-        from pydoc_data.topics import topics
-    except ImportError as e:          # some stripped-down Python builds leave pydoc_data out
-        raise RuntimeError("this Python has no pydoc_data module, so no fallback text") from e
-    return "\n\n".join(topics[key] for key in sorted(topics))
-
 
 def read_text_file(path):
     """The contents of a UTF-8 text file; errors name the file (and the bad byte offset)."""
@@ -184,27 +189,23 @@ def read_text_file(path):
 def load_text(source=None):
     """(text, description) for ``source``.
 
-    source: None        -> Tiny Shakespeare, or ``fallback_text()`` (with a notice on stderr)
-                           if it cannot be downloaded
-            a dataset   -> that dataset; download errors are raised, never papered over
-            anything else -> a path to a local UTF-8 text file
+    source: None or a dataset name -> that dataset (default: Tiny Shakespeare, which ships with
+                                      minillm); download errors are raised, never papered over
+            anything else            -> a path to a local UTF-8 text file
 
-    Example: ``text, desc = load_text("input.txt")``.
+    >>> text, description = load_text()
+    >>> len(text), description
+    (1115394, 'Tiny Shakespeare (1,115,394 characters, shipped with minillm)')
     """
-    if source is None:
-        try:
-            path = fetch("shakespeare")
-        except (DownloadError, OSError) as e:
-            text = fallback_text()
-            print(f"could not get Tiny Shakespeare ({e}); training on Python's help topics "
-                  f"instead ({len(text):,} characters)", file=sys.stderr)
-            return text, f"Python help topics from pydoc_data ({len(text):,} characters)"
-        text = read_text_file(path)
-        return text, f"Tiny Shakespeare ({len(text):,} characters, {path})"
+    source = "shakespeare" if source is None else source
     if source in DATASETS:
-        path = fetch(source)
-        text = read_text_file(path)
-        return text, f"{DATASETS[source].title} ({len(text):,} characters, {path})"
+        ds = DATASETS[source]
+        if ds.embedded:
+            text, where = read_embedded(ds), "shipped with minillm"
+        else:
+            path = fetch(source)
+            text, where = read_text_file(path), str(path)
+        return text, f"{ds.title} ({len(text):,} characters, {where})"
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{source!r} is not a known dataset "

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from minillm import GPT, GPTConfig
-from minillm.generate import generate, sample_next
+from minillm.core.sampling import generate, sample_next
 
 
 def test_greedy_and_zero_temperature_take_the_argmax():
@@ -37,7 +37,7 @@ def test_sampling_frequencies_follow_temperature():
     counts = np.bincount([sample_next(logits, rng=rng) for _ in range(n)], minlength=3) / n
     assert np.allclose(counts, [0.6, 0.3, 0.1], atol=0.015)
     hot = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum()
-    counts = np.bincount([sample_next(logits, 2.0, rng=rng) for _ in range(n)], minlength=3) / n
+    counts = np.bincount([sample_next(logits, temperature=2.0, rng=rng) for _ in range(n)], minlength=3) / n
     assert np.allclose(counts, hot, atol=0.015)
 
 

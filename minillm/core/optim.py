@@ -31,15 +31,10 @@ Gradient clipping (``torch.nn.utils.clip_grad_norm_``)::
     if c < 1:  g <- c * g   for every gradient array
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
-__all__ = ["AdamW", "OptimConfig", "clip_grad_norm", "lr_schedule"]
-
 
 @dataclass
 class OptimConfig:
@@ -49,15 +44,20 @@ class OptimConfig:
     100
     """
 
-    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate (end of warmup)"})
+    learning_rate: float = field(default=1e-3, metadata={
+        "help": "peak learning rate (end of warmup)"})
     min_lr: float = field(default=1e-4, metadata={"help": "learning rate after cosine decay"})
     warmup_iters: int = field(default=100, metadata={"help": "iterations of linear warmup"})
-    lr_decay_iters: int = field(default=2000, metadata={"help": "iteration where the decay reaches min_lr"})
+    lr_decay_iters: int = field(default=2000, metadata={
+        "help": "iteration where the decay reaches min_lr"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW decay rate of m, the mean of g"})
-    beta2: float = field(default=0.99, metadata={"help": "AdamW decay rate of v, the mean of g**2"})
+    beta2: float = field(default=0.99, metadata={
+        "help": "AdamW decay rate of v, the mean of g**2"})
     eps: float = field(default=1e-8, metadata={"help": "AdamW: added to sqrt(v_hat) to avoid / 0"})
-    weight_decay: float = field(default=0.1, metadata={"help": "decoupled weight decay (2-D+ params)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0 = no clipping)"})
+    weight_decay: float = field(default=0.1, metadata={
+        "help": "decoupled weight decay (2-D+ params)"})
+    grad_clip: float = field(default=1.0, metadata={
+        "help": "max global gradient norm (0 = no clipping)"})
 
 
 class AdamW:
@@ -90,6 +90,17 @@ class AdamW:
         self.m = {k: np.zeros_like(params[k]) for k in self.keys}
         self.v = {k: np.zeros_like(params[k]) for k in self.keys}
         self.t = 0
+
+    @classmethod
+    def from_config(cls, params, config, keys=None):
+        """AdamW with the learning rate, betas, eps and weight decay of an ``OptimConfig``.
+
+        >>> opt = AdamW.from_config({"w": np.ones(2)}, OptimConfig(beta2=0.95))
+        >>> opt.lr, opt.beta2
+        (0.001, 0.95)
+        """
+        return cls(params, lr=config.learning_rate, betas=(config.beta1, config.beta2),
+                   eps=config.eps, weight_decay=config.weight_decay, keys=keys)
 
     def step(self, grads, lr=None):
         """One AdamW update of every trainable param; ``lr`` overrides ``self.lr`` for this step."""

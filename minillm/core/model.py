@@ -1,0 +1,276 @@
+"""The GPT model: GPT-2 initialisation, the forward pass and the hand-written backward pass.
+
+    x      = wte[idx] + wpe[:T]              token + position embeddings    (B, T, C)
+    x      = block_i(x), i = 0 .. n_layer-1  pre-LN Transformer blocks      (B, T, C)
+    x      = ln_f(x)                                                        (B, T, C)
+    logits = x @ wte^T                       LM head tied to the embedding  (B, T, V)
+
+The backward pass (``GPT.backward``) is the same list of calls read bottom to top.
+
+What the forward pass keeps for the backward pass (``GPTCache``, like llm.c's activations):
+
+    field     what it holds                                           shapes
+    wte       EmbeddingCache: the token ids                           idx (B, T)
+    wpe       PositionCache: the rows of wpe used (None: sinusoidal)  start, block_size
+    drop      DropoutCache: the embedding dropout mask                (B, T, C) or None
+    h[i]      BlockCache of block i:
+                ln_1, ln_2  LayerNormCache: input, mean, rstd         (B, T, C), (B, T, 1) x2
+                attn        MHACache: c_attn's input                  (B, T, C)
+                            q; k and v (S = T + cached positions)     (B, nh, T, hs); (B, nh, S, hs)
+                            att, the attention weights                (B, nh, T, S)
+                            c_proj's input (heads side by side)       (B, T, C)
+                drop_1/2    the branches' dropout masks               (B, T, C) or None
+                mlp         MLPCache: c_fc's input                    (B, T, C)
+                            GELU's input and its sigmoid              (B, T, 4C) x2
+    ln_f      LayerNormCache                                          (B, T, C), (B, T, 1) x2
+    lm_head   LMHeadCache: ln_f's output                              (B, T, C)
+
+Shape legend: B batch, T time, S time of the keys, C channels (n_embd), V vocabulary,
+nh heads, hs head size.
+"""
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ..formats import hf
+from .attention import KVCache
+from .block import BlockCache, block_backward, block_forward
+from .config import GPTConfig, block_param_shapes, param_shapes
+from .layers import (DropoutCache, EmbeddingCache, LayerNormCache, PositionCache,
+                     cross_entropy_backward, cross_entropy_forward, dropout_backward,
+                     dropout_forward, embedding_backward, embedding_forward, layernorm_backward,
+                     layernorm_forward, position_embedding_backward, position_embedding_forward,
+                     sinusoidal_encoding)
+
+
+def init_params(config, rng):
+    """GPT-2 initialisation: weights ~ N(0, 0.02), the two residual projections of each block
+    scaled down by 1/sqrt(2 n_layer) (each block adds two branches to the residual stream),
+    biases zero, LayerNorm weights one. Drawn in float64, then cast, so a float32 and a float64
+    model with the same seed hold the same numbers.
+
+    >>> p = init_params(GPTConfig(n_layer=2), np.random.default_rng(0))
+    >>> float(p["h.0.ln_1.weight"][0]), float(p["h.0.attn.c_attn.bias"][0])
+    (1.0, 0.0)
+    """
+    params = {}
+    resid_std = 0.02 / math.sqrt(2 * config.n_layer)
+    for name, shape in param_shapes(config).items():
+        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            p = np.ones(shape)
+        elif name.endswith(".bias"):
+            p = np.zeros(shape)
+        elif name.endswith("c_proj.weight"):
+            p = rng.normal(0.0, resid_std, size=shape)
+        else:
+            p = rng.normal(0.0, 0.02, size=shape)
+        params[name] = p.astype(config.dtype)
+    return params
+
+
+class LMHeadCache(NamedTuple):
+    x: np.ndarray                # (B, T, C) the final hidden states
+    wte: np.ndarray              # (V, C) the tied weights
+
+
+def lm_head_forward(x, wte):
+    """logits = x @ wte^T, the output layer tied to the token embedding.
+    x: (B, T, C); wte: (V, C) -> logits: (B, T, V).
+
+    >>> logits, _ = lm_head_forward(np.ones((1, 2, 3)), np.eye(5, 3))
+    >>> logits.shape
+    (1, 2, 5)
+    """
+    B, T, C = x.shape
+    logits = x.reshape(B * T, C) @ wte.T               # (B*T, V)
+    return logits.reshape(B, T, -1), LMHeadCache(x, wte)
+
+
+def lm_head_backward(dlogits, cache):
+    """dlogits: (B, T, V) -> dx: (B, T, C), dwte: (V, C) (this use of wte only)."""
+    x, wte = cache
+    B, T, C = x.shape
+    dl = dlogits.reshape(B * T, -1)                    # (B*T, V)
+    dx = (dl @ wte).reshape(B, T, C)
+    dwte = dl.T @ x.reshape(B * T, C)                  # (V, C)
+    return dx, dwte
+
+
+class GPTCache(NamedTuple):
+    """Everything the backward pass needs, layer by layer (see the table in the module's doc)."""
+    wte: EmbeddingCache
+    wpe: PositionCache           # None with sinusoidal positions
+    drop: DropoutCache
+    h: list                      # one BlockCache per block
+    ln_f: LayerNormCache
+    lm_head: LMHeadCache
+
+    @property
+    def att(self):
+        """The attention weights of every block: a list of (B, nh, T, S) arrays."""
+        return [block.att for block in self.h]
+
+
+class GPT:
+    """A GPT-2-style language model whose parameters are a dict of named NumPy arrays.
+
+    >>> model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    >>> model.forward(np.array([[1, 2, 3]])).shape
+    (1, 3, 11)
+    """
+
+    def __init__(self, config, seed=0, params=None):
+        self.config = config
+        self.rng = np.random.default_rng(seed)   # initialisation, then dropout unless rng is given
+        self.params = init_params(config, self.rng) if params is None else params
+        self._block_names = list(block_param_shapes(config))
+        self._positions = None                   # the sinusoidal table, made on first use
+
+    @property
+    def dtype(self):
+        return np.dtype(self.config.dtype)
+
+    def num_params(self):
+        return sum(p.size for p in self.params.values())
+
+    def block_params(self, i):
+        """Block i's parameters under names relative to the block, e.g. ``ln_1.weight``."""
+        return {name: self.params[f"h.{i}.{name}"] for name in self._block_names}
+
+    # ------------------------------------------------------------------------------------------
+    # Input checks
+    # ------------------------------------------------------------------------------------------
+
+    def _check_idx(self, idx, start=0):
+        idx = np.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"token ids must be a 2-D (B, T) array, got shape {idx.shape}")
+        if idx.dtype.kind not in "iu":
+            raise ValueError(f"token ids must be integers, got dtype {idx.dtype}")
+        T, config = idx.shape[1], self.config
+        if T == 0:
+            raise ValueError("token ids are empty (T = 0)")
+        if start + T > config.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {config.block_size}")
+        lo, hi = idx.min(), idx.max()
+        if lo < 0 or hi >= config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside [0, {config.vocab_size}) (vocab_size)")
+        return idx
+
+    def _check_targets(self, targets, shape):
+        targets = np.asarray(targets)
+        if targets.shape != shape:
+            raise ValueError(f"targets have shape {targets.shape}, token ids {shape}")
+        if targets.dtype.kind not in "iu":
+            raise ValueError(f"targets must be integers, got dtype {targets.dtype}")
+        bad = (targets < -1) | (targets >= self.config.vocab_size)
+        if bad.any():
+            raise ValueError(f"target {targets[bad][0]} is outside [0, {self.config.vocab_size})"
+                             " (and is not -1, the ignored target)")
+        return targets
+
+    # ------------------------------------------------------------------------------------------
+    # Forward and backward
+    # ------------------------------------------------------------------------------------------
+
+    def forward_with_cache(self, idx, *, train=False, rng=None, kv_cache=None, last_only=False):
+        """The forward pass keeping every layer's cache: idx (B, T) -> logits (B, T, V), GPTCache.
+
+        ``kv_cache`` (from ``new_kv_cache``) continues after the positions it holds; with
+        ``last_only`` (generation) only the last position goes through ln_f and the head."""
+        config, p = self.config, self.params
+        start = 0 if kv_cache is None else kv_cache.length
+        idx = self._check_idx(idx, start)
+        T = idx.shape[1]
+        rng = self.rng if rng is None else rng
+        tok_emb, wte_cache = embedding_forward(idx, p["wte.weight"])                   # (B, T, C)
+        if config.pos_encoding == "learned":
+            pos_emb, wpe_cache = position_embedding_forward(p["wpe.weight"], T, start)  # (T, C)
+        else:
+            pos_emb, wpe_cache = self.sinusoidal()[start:start + T], None              # (T, C)
+        x, drop_cache = dropout_forward(tok_emb + pos_emb, config.dropout, rng, train)
+        block_caches = []
+        for i in range(config.n_layer):
+            x, block_cache = block_forward(x, self.block_params(i), config.n_head,
+                                           dropout=config.dropout, rng=rng, train=train,
+                                           kv_cache=kv_cache, layer=i)
+            block_caches.append(block_cache)
+        if last_only:
+            x = x[:, -1:]                                                              # (B, 1, C)
+        x, ln_f_cache = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
+        logits, lm_head_cache = lm_head_forward(x, p["wte.weight"])                    # (B, T, V)
+        if kv_cache is not None:
+            kv_cache.length += T
+        return logits, GPTCache(wte_cache, wpe_cache, drop_cache, block_caches, ln_f_cache,
+                                lm_head_cache)
+
+    def backward(self, dlogits, cache):
+        """Gradients of every parameter from dlogits (B, T, V): the forward pass in reverse."""
+        g = {}
+        dx, dwte_head = lm_head_backward(dlogits, cache.lm_head)
+        dx, g["ln_f.weight"], g["ln_f.bias"] = layernorm_backward(dx, cache.ln_f)
+        for i in reversed(range(self.config.n_layer)):
+            dx, block_grads = block_backward(dx, cache.h[i])
+            g.update({f"h.{i}.{name}": grad for name, grad in block_grads.items()})
+        dx = dropout_backward(dx, cache.drop)
+        if cache.wpe is not None:
+            g["wpe.weight"] = position_embedding_backward(dx, cache.wpe)
+        g["wte.weight"] = embedding_backward(dx, cache.wte) + dwte_head  # tied: both uses add
+        return {name: g[name] for name in self.params}
+
+    def forward(self, idx, *, return_attention=False, train=False, rng=None, kv_cache=None,
+                last_only=False):
+        """idx: int (B, T) -> logits (B, T, V); with return_attention also a list holding one
+        (B, nh, T, S) array of attention weights per layer (S = T without a KV cache).
+        ``kv_cache`` and ``last_only`` as for ``forward_with_cache``."""
+        logits, cache = self.forward_with_cache(idx, train=train, rng=rng, kv_cache=kv_cache,
+                                                last_only=last_only)
+        return (logits, cache.att) if return_attention else logits
+
+    def loss_and_grads(self, idx, targets, *, train=True, rng=None):
+        """Mean cross-entropy of targets (B, T) (-1 = ignored) and the gradient of every
+        parameter: a dict with exactly the keys and shapes of ``self.params``."""
+        logits, cache = self.forward_with_cache(idx, train=train, rng=rng)
+        targets = self._check_targets(targets, logits.shape[:2])
+        loss, loss_cache = cross_entropy_forward(logits, targets)
+        dlogits = cross_entropy_backward(1.0, loss_cache)
+        return loss, self.backward(dlogits, cache)
+
+    def loss(self, idx, targets, *, train=False, rng=None):
+        """Mean cross-entropy without gradients (evaluation mode, no dropout, unless train)."""
+        logits = self.forward(idx, train=train, rng=rng)
+        return cross_entropy_forward(logits, self._check_targets(targets, logits.shape[:2]))[0]
+
+    def sinusoidal(self):
+        """The fixed (block_size, C) table of sinusoidal positions, made once."""
+        if self._positions is None:
+            self._positions = sinusoidal_encoding(self.config.block_size, self.config.n_embd,
+                                                  self.dtype)
+        return self._positions
+
+    def new_kv_cache(self, batch_size=1):
+        """An empty KVCache with room for block_size positions of every layer."""
+        config = self.config
+        return KVCache(config.n_layer, batch_size, config.n_head, config.block_size,
+                       config.head_size, self.dtype)
+
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face folders (the file format itself is minillm.formats.hf)
+    # ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, folder, dtype="float32"):
+        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors, and vocab.json +
+        merges.txt when present). The tokenizer, or None, is kept as ``model.tokenizer``."""
+        config, params, tokenizer = hf.read_folder(folder, dtype)
+        model = cls(config, params=params)
+        model.tokenizer = tokenizer
+        return model
+
+    def save_pretrained(self, folder, tokenizer=None):
+        """Write config.json + model.safetensors (+ vocab.json/merges.txt) that Transformers'
+        GPT2LMHeadModel.from_pretrained reads."""
+        tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
+        hf.write_folder(folder, self.config, self.params, tokenizer)
