@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a che
 
 from minillm import GPT, GPTConfig                                # noqa: E402
 from minillm.core.sampling import generate                             # noqa: E402
-from minillm.pretrained import save_pretrained                    # noqa: E402
 
 GPT2_SMALL = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
 
@@ -87,7 +86,7 @@ def main():
         print(f"torch {torch.__version__}, transformers {transformers.__version__}: "
               f"torch.set_num_threads({threads}) to match NumPy's BLAS")
         with tempfile.TemporaryDirectory() as folder:
-            save_pretrained(model, folder)
+            model.save_pretrained(folder)
             hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
         print(f"Transformers attention implementation: {hf.config._attn_implementation}\n")
 

@@ -61,7 +61,8 @@ def full_run(cfg, splits, iters, oc):
         times.append(time.perf_counter() - t0)
         if (it + 1) % 250 == 0:
             print(f"  iter {it + 1}: {1000 * np.median(times[-250:]):.1f} ms/it", flush=True)
-    losses = estimate_loss(model, splits, cfg.block_size, 12, 200, np.random.default_rng(0))
+    losses = estimate_loss(model, splits, block_size=cfg.block_size, batch_size=12,
+                           eval_iters=200, rng=np.random.default_rng(0))
     ms = 1000 * float(np.median(times))
     print(f"minillm, {iters} iterations: median {ms:.1f} ms/it, {12 * 64 / ms * 1000:,.0f} tokens/s, "
           f"train loss {losses['train']:.4f}, val loss {losses['val']:.4f} (200 eval batches)")

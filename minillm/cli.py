@@ -1,4 +1,4 @@
-"""The command line: ``python -m minillm train | sample | finetune``.
+"""The command line: ``python -m minillm train | sample | finetune | export``.
 
 Options are built from the dataclass configs (GPTConfig, OptimConfig, TrainConfig, ...): one
 ``--flag`` per field, with the field's default, help text and (where the field lists them)
@@ -16,7 +16,7 @@ from .core.config import GPTConfig
 from .core.optim import OptimConfig
 from .core.sampling import generate
 from .formats.checkpoint import load_model
-from .tokenizers import CharTokenizer, stream_decode
+from .tokenizers import BPETokenizer, CharTokenizer, stream_decode
 from .training.data import DownloadError
 from .training.finetune import SCHEDULE, FinetuneConfig, finetune
 from .training.malloc import keep_freed_memory
@@ -39,7 +39,8 @@ def add_config_args(parser, cls, skip=(), title=None):
 
 
 def config_from_args(cls, args, **overrides):
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if hasattr(args, f.name)}
     return cls(**{**values, **overrides})
 
 
@@ -137,6 +138,27 @@ def cmd_finetune(args):
     return 0
 
 
+@dataclasses.dataclass
+class ExportConfig:
+    """Which model to write as a Hugging Face folder, and where."""
+    ckpt: str = dataclasses.field(default=None, metadata={"help": "a minillm run folder"})
+    out_dir: str = dataclasses.field(default=None, metadata={
+        "help": "the folder to write: config.json, model.safetensors, vocab.json, merges.txt"})
+
+
+def cmd_export(args):
+    config = config_from_args(ExportConfig, args)
+    if not config.ckpt or not config.out_dir:
+        raise ValueError("give --ckpt DIR (a minillm run) and --out-dir DIR (the new folder)")
+    model, tokenizer, _ = load_model(config.ckpt)
+    if not isinstance(tokenizer, BPETokenizer):
+        raise ValueError(f"{config.ckpt} has a {type(tokenizer).__name__}; a Hugging Face GPT-2 "
+                         "folder needs a byte-level BPE tokenizer (train with --tokenizer bpe)")
+    model.save_pretrained(config.out_dir, tokenizer)
+    print(f"wrote {config.out_dir}/ (config.json, model.safetensors, vocab.json, merges.txt)")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minillm", description="Train a GPT written in NumPy, sample from it, fine-tune it.")
@@ -158,6 +180,10 @@ def build_parser():
     add_config_args(p, FinetuneConfig, title="fine-tuning")
     add_config_args(p, OptimConfig, skip=SCHEDULE, title="optimizer")
     p.set_defaults(func=cmd_finetune)
+    p = sub.add_parser("export", help="write a minillm run as a Hugging Face GPT-2 folder",
+                       formatter_class=formatter)
+    add_config_args(p, ExportConfig, title="export")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

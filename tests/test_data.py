@@ -218,6 +218,14 @@ def test_load_text_default_is_the_shipped_shakespeare_without_network(monkeypatc
     assert not (tmp_path / "empty-cache").exists()             # the cache was never touched
 
 
+def test_python_docs_is_a_real_corpus_made_offline():
+    text, desc = load_text("python-docs")
+    assert len(text) > 300_000 and "lambda" in text and "\n\n" in text
+    assert load_text("python-docs")[0] == text                 # deterministic (sorted keys)
+    assert CharTokenizer.from_text(text).vocab_size > 60
+    assert "help pages" in desc
+
+
 def test_shipped_corpus_is_checked(monkeypatch, tmp_path):
     damaged = tmp_path / "tinyshakespeare.txt.gz"
     damaged.write_bytes(__import__("gzip").compress(b"First Citizen:\n"))
@@ -261,7 +269,7 @@ def test_load_text_missing_file_names_it_and_the_datasets(tmp_path):
         load_text(str(tmp_path / "nope.txt"))
     assert "nope.txt" in str(info.value)
     with pytest.raises(FileNotFoundError, match=r"'shakespear' is not a known dataset "
-                                                r"\(shakespeare\).*does not exist"):
+                                                r"\(python-docs, shakespeare\).*does not exist"):
         load_text("shakespear")
 
 

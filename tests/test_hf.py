@@ -1,6 +1,7 @@
 """Hugging Face GPT-2 folders (minillm/formats/hf.py): config.json, model.safetensors and the
 tokenizer files, read and written, and checked against Transformers where it is installed."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,3 +365,34 @@ def test_cli_sample_pretrained_streams_the_greedy_continuation(tmp_path, tokeniz
     assert "nowhere" in capsys.readouterr().err
     assert main(["sample", "--prompt", "x"]) == 1
     assert "exactly one of --ckpt" in capsys.readouterr().err
+
+
+# -- the GPT-2-layout model that ships with the notebooks ------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parents[1] / "notebooks" / "models" / "shakespeare-bpe"
+
+
+def test_shipped_shakespeare_bpe_folder_loads_and_writes_shakespeare():
+    model, tok = load_pretrained(SHIPPED)
+    assert tok.vocab_size == model.config.vocab_size == 1024
+    ids = tok.encode("ROMEO:\nWhat light through yonder window breaks?")
+    logits = model.forward(np.array([ids]))
+    assert np.isfinite(logits).all()
+    targets = np.array([ids[1:]])
+    assert model.loss(np.array([ids[:-1]]), targets) < 5.0           # ln 1024 = 6.93 untrained
+    text = tok.decode(list(generate(model, tok.encode("\n"), 40, greedy=True)))
+    assert any(word in text for word in (" the ", " and ", " I ", " you "))
+
+
+def test_shipped_shakespeare_bpe_folder_in_transformers():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model, tok = load_pretrained(SHIPPED)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(SHIPPED).eval()
+    ids = np.array([tok.encode("ROMEO:\nWhat light through yonder window breaks?")])
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(model.forward(ids), ref, rtol=0, atol=1e-4)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(SHIPPED)
+    text = "But, soft! what light through yonder window breaks?\n"
+    assert hf_tok.encode(text) == tok.encode(text)

@@ -157,7 +157,7 @@ def test_sinusoidal_formula():
 
 def test_dropout_fixed_mask(rng):
     x = rng.normal(size=(4, 6))
-    _, cache = dropout_forward(x, 0.5, np.random.default_rng(0), train=True)
+    _, cache = dropout_forward(x, 0.5, rng=np.random.default_rng(0), train=True)
     assert set(np.unique(cache.mask)) == {0.0, 2.0}
 
     def forward(x):
@@ -168,15 +168,15 @@ def test_dropout_fixed_mask(rng):
 
 def test_dropout_identity_and_scale(rng):
     x = rng.normal(size=(200, 200))
-    assert dropout_forward(x, 0.0, rng, train=True)[0] is x
-    assert dropout_forward(x, 0.3, rng, train=False)[0] is x
-    out, cache = dropout_forward(x.astype(np.float32), 0.3, rng, train=True)
+    assert dropout_forward(x, 0.0, rng=rng, train=True)[0] is x
+    assert dropout_forward(x, 0.3, rng=rng, train=False)[0] is x
+    out, cache = dropout_forward(x.astype(np.float32), 0.3, rng=rng, train=True)
     mask = cache.mask
     assert out.dtype == np.float32
     assert abs((mask == 0).mean() - 0.3) < 0.01          # about p of the elements dropped
     assert np.allclose(out[mask != 0], x[mask != 0] / 0.7, rtol=1e-6)
     with pytest.raises(ValueError, match="rng"):
-        dropout_forward(x, 0.3, None, train=True)
+        dropout_forward(x, 0.3, rng=None, train=True)
 
 
 def test_cross_entropy_with_ignored_targets(rng):

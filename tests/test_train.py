@@ -77,31 +77,6 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(corpus, tm
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
-def test_corrupt_checkpoint_gives_a_clear_error(corpus, tmp_path, damage, capsys):
-    run(corpus, tmp_path, 5)
-    path = tmp_path / "checkpoint.safetensors"
-    data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00" * 64, "empty": b""}[damage])
-    with pytest.raises(ValueError, match="checkpoint.safetensors"):
-        load_checkpoint(tmp_path)
-    assert main(["sample", "--ckpt", str(tmp_path)]) == 1
-    assert "checkpoint.safetensors" in capsys.readouterr().err
-
-
-def test_checkpoint_that_does_not_match_the_model(corpus, tmp_path):
-    result = run(corpus, tmp_path, 3)
-    model, tokenizer = result.model, result.tokenizer
-    del model.params["ln_f.bias"]
-    save_checkpoint(tmp_path / "bad", model, tokenizer)
-    with pytest.raises(ValueError, match=r"missing 1 tensor\(s\): ln_f\.bias"):
-        load_checkpoint(tmp_path / "bad")
-    model.params["ln_f.bias"] = np.zeros(5, dtype=np.float32)
-    save_checkpoint(tmp_path / "bad", model, tokenizer)
-    with pytest.raises(ValueError, match=r"'ln_f.bias' has shape \(5,\), expected \(16,\)"):
-        load_checkpoint(tmp_path / "bad")
-
-
 def test_missing_checkpoint_and_data(tmp_path, capsys):
     assert main(["sample", "--ckpt", str(tmp_path / "nowhere")]) == 1
     assert "nowhere is neither a minillm checkpoint folder" in capsys.readouterr().err

@@ -59,8 +59,8 @@ def sdpa_forward(q, k, v, *, causal=True, dropout=0.0, rng=None, train=False):
     att = (q * scale) @ k.swapaxes(-1, -2)             # (..., T, S) the scores s = q.k / sqrt(hs)
     if causal:
         att += causal_mask(q.shape[-2], k.shape[-2], att.dtype)
-    att, _ = softmax_forward(att, inplace=True)        # the layers' softmax, over the scores' buffer
-    att_d, drop = dropout_forward(att, dropout, rng, train)
+    att, _ = softmax_forward(att, inplace=True)        # the layers' softmax, in the scores' array
+    att_d, drop = dropout_forward(att, dropout, rng=rng, train=train)
     out = att_d @ v                                    # (..., T, hs)
     return out, SDPACache(q, k, v, att, drop, scale)
 
@@ -69,7 +69,8 @@ def sdpa_backward(dout, cache):
     """dout: (..., T, hs) -> dq (..., T, hs), dk (..., S, hs), dv (..., S, hs).
 
     Going back through out = A V, A = softmax(s), s = scale * Q K^T (the mask is a constant):
-        dV = A^T dout,  dA = dout V^T,  ds = A * (dA - sum(dA * A)),  dQ = scale ds K,  dK = scale ds^T Q
+        dV = A^T dout,  dA = dout V^T,  ds = A * (dA - sum(dA * A))      (softmax_backward)
+        dQ = scale ds K,  dK = scale ds^T Q
     """
     q, k, v, att, drop, scale = cache
     att_d = att if drop.mask is None else att * drop.mask
@@ -108,7 +109,8 @@ class KVCache:
         return self.k.nbytes + self.v.nbytes
 
     def append(self, layer, k, v):
-        """Store k, v (B, nh, T, hs) after the valid part; return all keys and values (B, nh, S, hs)."""
+        """Store k, v (B, nh, T, hs) after the valid part; return all keys and values so far,
+        (B, nh, S, hs)."""
         start, stop = self.length, self.length + k.shape[2]
         if stop > self.max_T:
             raise ValueError(f"KV cache holds {self.max_T} positions, asked for {stop}")
@@ -150,7 +152,7 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.
     if kv_cache is not None:
         k, v = kv_cache.append(layer, k, v)                            # (B, nh, S, hs)
     y, sdpa_cache = sdpa_forward(q, k, v, causal=True, dropout=dropout, rng=rng, train=train)
-    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                       # (B, T, C) heads side by side
+    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                       # heads side by side
     out, c_proj_cache = linear_forward(y, c_proj_w, c_proj_b)          # (B, T, C)
     return out, MHACache(c_attn_cache, sdpa_cache, c_proj_cache)
 

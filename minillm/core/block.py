@@ -67,7 +67,8 @@ def block_forward(x, p, n_head, *, dropout=0.0, rng=None, train=False, kv_cache=
 
     >>> import numpy as np
     >>> from minillm.core.config import GPTConfig, block_param_shapes
-    >>> p = {name: np.ones(shape) for name, shape in block_param_shapes(GPTConfig(n_embd=8)).items()}
+    >>> shapes = block_param_shapes(GPTConfig(n_embd=8))
+    >>> p = {name: np.ones(shape) for name, shape in shapes.items()}
     >>> out, cache = block_forward(np.zeros((1, 3, 8)), p, n_head=2)
     >>> out.shape, cache.att.shape
     ((1, 3, 8), (1, 2, 3, 3))
@@ -77,12 +78,12 @@ def block_forward(x, p, n_head, *, dropout=0.0, rng=None, train=False, kv_cache=
                                 p["attn.c_proj.weight"], p["attn.c_proj.bias"], n_head,
                                 dropout=dropout, rng=rng, train=train, kv_cache=kv_cache,
                                 layer=layer)
-    h, drop_1 = dropout_forward(h, dropout, rng, train)
+    h, drop_1 = dropout_forward(h, dropout, rng=rng, train=train)
     x = x + h                                                  # residual
     h, ln_2_cache = layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"])
     h, mlp_cache = mlp_forward(h, p["mlp.c_fc.weight"], p["mlp.c_fc.bias"],
                                p["mlp.c_proj.weight"], p["mlp.c_proj.bias"])
-    h, drop_2 = dropout_forward(h, dropout, rng, train)
+    h, drop_2 = dropout_forward(h, dropout, rng=rng, train=train)
     out = x + h                                                # residual
     return out, BlockCache(ln_1_cache, attn_cache, drop_1, ln_2_cache, mlp_cache, drop_2)
 

@@ -56,7 +56,8 @@ class GPTConfig:
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; use one of {choices}")
+                raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; "
+                                 f"use one of {choices}")
         if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
             raise ValueError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
 

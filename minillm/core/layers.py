@@ -169,7 +169,7 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     >>> out.round(3), cache.mean
     (array([[-1.,  1.]]), array([[2.]]))
     """
-    inv_C = 1.0 / x.shape[-1]                          # sum * (1/C): a mean without np.mean's overhead
+    inv_C = 1.0 / x.shape[-1]                          # sum * (1/C): np.mean, without its overhead
     mean = x.sum(axis=-1, keepdims=True) * inv_C       # (..., 1)
     xc = x - mean
     var = (xc * xc).sum(axis=-1, keepdims=True) * inv_C  # (..., 1), biased variance as in PyTorch
@@ -288,7 +288,7 @@ class DropoutCache(NamedTuple):
     mask: object                 # keep / (1 - p), same shape as x; None when dropout is off
 
 
-def dropout_forward(x, p, rng=None, train=True, mask=None):
+def dropout_forward(x, p, *, rng=None, train=True, mask=None):
     """Inverted dropout: zero each element with probability p, scale survivors by 1/(1-p).
 
     The identity (mask None) when p == 0 or not training, so evaluation needs no rescaling.

@@ -123,13 +123,16 @@ class LoRAConfig:
     >>> LoRAConfig(rank=4, targets="attn.c_attn,mlp.c_fc").targets
     ('attn.c_attn', 'mlp.c_fc')
     """
-    rank: int = field(default=8, metadata={"help": "rank r of each adapter (A: in x r, B: r x out)"})
-    alpha: float = field(default=16.0, metadata={"help": "scale numerator: updates are scaled by alpha / rank"})
+    rank: int = field(default=8, metadata={
+        "help": "rank r of each adapter (A: in x r, B: r x out)"})
+    alpha: float = field(default=16.0, metadata={
+        "help": "scale numerator: updates are scaled by alpha / rank"})
     targets: tuple = field(default=("attn.c_attn",), metadata={
         "help": "weights to adapt, comma-separated: " + ", ".join(TARGETS)})
 
     def __post_init__(self):
-        if not isinstance(self.rank, (int, np.integer)) or isinstance(self.rank, bool) or self.rank < 1:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, (int, np.integer)) \
+                or self.rank < 1:
             raise ValueError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
         self.rank = int(self.rank)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float, np.number)) \
@@ -170,7 +173,8 @@ def init_adapters(model, config, rng):
 
     >>> from minillm import GPTConfig
     >>> m = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
-    >>> {k: v.shape for k, v in init_adapters(m, LoRAConfig(rank=2), np.random.default_rng(0)).items()}
+    >>> adapters = init_adapters(m, LoRAConfig(rank=2), np.random.default_rng(0))
+    >>> {k: v.shape for k, v in adapters.items()}
     {'h.0.attn.c_attn.lora_A': (8, 2), 'h.0.attn.c_attn.lora_B': (2, 24)}
     """
     adapters = {}
@@ -251,11 +255,6 @@ class LoRA:
         for w, (a_name, _, b_name, _) in self._names.items():
             out[a_name], out[b_name] = lora_merge_backward(grads[w], caches[w])
         return loss, {name: out[name] for name in self.adapters}
-
-    def merged_params(self):
-        """Parameters with every adapted W replaced by W + s * A @ B (new arrays); the other
-        entries are the base model's own arrays (shared, not copied)."""
-        return self._effective()[0]
 
     def merge(self):
         """A new, independent plain GPT whose logits equal base + adapters."""

@@ -35,8 +35,8 @@ import numpy as np
 
 from ..formats import hf
 from .attention import KVCache
-from .block import BlockCache, block_backward, block_forward
-from .config import GPTConfig, block_param_shapes, param_shapes
+from .block import block_backward, block_forward
+from .config import GPTConfig, block_param_shapes, param_shapes  # noqa: F401 (doctests)
 from .layers import (DropoutCache, EmbeddingCache, LayerNormCache, PositionCache,
                      cross_entropy_backward, cross_entropy_forward, dropout_backward,
                      dropout_forward, embedding_backward, embedding_forward, layernorm_backward,
@@ -104,7 +104,7 @@ class GPTCache(NamedTuple):
     drop: DropoutCache
     h: list                      # one BlockCache per block
     ln_f: LayerNormCache
-    lm_head: LMHeadCache
+    lm_head: LMHeadCache         # None when the forward pass stopped at the hidden states
 
     @property
     def att(self):
@@ -175,11 +175,14 @@ class GPT:
     # Forward and backward
     # ------------------------------------------------------------------------------------------
 
-    def forward_with_cache(self, idx, *, train=False, rng=None, kv_cache=None, last_only=False):
+    def forward_with_cache(self, idx, *, train=False, rng=None, kv_cache=None, last_only=False,
+                           lm_head=True):
         """The forward pass keeping every layer's cache: idx (B, T) -> logits (B, T, V), GPTCache.
 
         ``kv_cache`` (from ``new_kv_cache``) continues after the positions it holds; with
-        ``last_only`` (generation) only the last position goes through ln_f and the head."""
+        ``last_only`` (generation) only the last position goes through ln_f and the head. With
+        ``lm_head=False`` the output is the final hidden state, ln_f's output (B, T, C), for a
+        head of another kind on top (a classifier); ``backward`` then takes its gradient."""
         config, p = self.config, self.params
         start = 0 if kv_cache is None else kv_cache.length
         idx = self._check_idx(idx, start)
@@ -190,7 +193,8 @@ class GPT:
             pos_emb, wpe_cache = position_embedding_forward(p["wpe.weight"], T, start)  # (T, C)
         else:
             pos_emb, wpe_cache = self.sinusoidal()[start:start + T], None              # (T, C)
-        x, drop_cache = dropout_forward(tok_emb + pos_emb, config.dropout, rng, train)
+        x, drop_cache = dropout_forward(tok_emb + pos_emb, config.dropout, rng=rng,
+                                          train=train)
         block_caches = []
         for i in range(config.n_layer):
             x, block_cache = block_forward(x, self.block_params(i), config.n_head,
@@ -200,16 +204,20 @@ class GPT:
         if last_only:
             x = x[:, -1:]                                                              # (B, 1, C)
         x, ln_f_cache = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
-        logits, lm_head_cache = lm_head_forward(x, p["wte.weight"])                    # (B, T, V)
+        out, lm_head_cache = lm_head_forward(x, p["wte.weight"]) if lm_head else (x, None)
         if kv_cache is not None:
             kv_cache.length += T
-        return logits, GPTCache(wte_cache, wpe_cache, drop_cache, block_caches, ln_f_cache,
-                                lm_head_cache)
+        return out, GPTCache(wte_cache, wpe_cache, drop_cache, block_caches, ln_f_cache,
+                             lm_head_cache)                                            # (B, T, V)
 
-    def backward(self, dlogits, cache):
-        """Gradients of every parameter from dlogits (B, T, V): the forward pass in reverse."""
+    def backward(self, dout, cache):
+        """Gradients of every parameter from dlogits (B, T, V): the forward pass in reverse.
+        (From d(hidden) (B, T, C) if the forward pass ran with ``lm_head=False``.)"""
         g = {}
-        dx, dwte_head = lm_head_backward(dlogits, cache.lm_head)
+        if cache.lm_head is not None:
+            dx, dwte_head = lm_head_backward(dout, cache.lm_head)
+        else:
+            dx, dwte_head = dout, 0.0
         dx, g["ln_f.weight"], g["ln_f.bias"] = layernorm_backward(dx, cache.ln_f)
         for i in reversed(range(self.config.n_layer)):
             dx, block_grads = block_backward(dx, cache.h[i])

@@ -78,7 +78,7 @@ class AdamW:
                  keys=None):
         self.params = params
         self.lr = float(lr)
-        self.beta1, self.beta2 = float(betas[0]), float(betas[1])  # Python floats: no dtype promotion
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])  # Python floats: no promotion
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.keys = list(params) if keys is None else list(keys)
@@ -108,7 +108,8 @@ class AdamW:
             if k not in grads:
                 raise ValueError(f"no gradient for param {k!r}")
             if grads[k].shape != self.params[k].shape:
-                raise ValueError(f"gradient {k!r} has shape {grads[k].shape}, param has {self.params[k].shape}")
+                raise ValueError(f"gradient {k!r} has shape {grads[k].shape}, "
+                                 f"param has {self.params[k].shape}")
         lr = self.lr if lr is None else float(lr)
         b1, b2 = self.beta1, self.beta2
         self.t += 1
@@ -177,7 +178,8 @@ def lr_schedule(it, max_lr, min_lr, warmup_iters, decay_iters):
     0.1
     """
     if warmup_iters < 0 or decay_iters < warmup_iters:
-        raise ValueError(f"need 0 <= warmup_iters <= decay_iters, got {warmup_iters}, {decay_iters}")
+        raise ValueError(f"need 0 <= warmup_iters <= decay_iters, "
+                         f"got {warmup_iters}, {decay_iters}")
     if it < warmup_iters:
         return float(max_lr * (it + 1) / (warmup_iters + 1))
     if it >= decay_iters:

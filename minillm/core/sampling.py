@@ -85,9 +85,9 @@ def generate(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, 
             return                                           # no logits needed after the last
         context.append(token)
         if kv_cache is not None and kv_cache.length < block_size:
-            logits = model.forward(np.array([[token]]), kv_cache=kv_cache)[0, -1]   # one new position
+            logits = model.forward(np.array([[token]]), kv_cache=kv_cache)[0, -1]   # 1 new position
         else:
             window = np.array([context[-block_size:]])                             # (1, T)
             if kv_cache is not None:
-                kv_cache.length = 0                                                # positions shifted
+                kv_cache.length = 0                                            # positions shifted
             logits = model.forward(window, kv_cache=kv_cache, last_only=True)[0, -1]

@@ -35,10 +35,10 @@ def checkpoint_path(path):
     return path / CHECKPOINT if path.is_dir() or path.suffix != ".safetensors" else path
 
 
-def save_checkpoint(out_dir, model, tokenizer, optimizer=None, state=None):
+def save_checkpoint(out_dir, model, tokenizer, *, optimizer=None, state=None):
     """Write model (+ optimizer) and a JSON-able ``state`` dict to out_dir/checkpoint.safetensors.
 
-    >>> save_checkpoint("out", model, tokenizer, optimizer, {"iter": 100})   # doctest: +SKIP
+    >>> save_checkpoint("out", model, tokenizer, optimizer=opt, state={"iter": 1})  # doctest: +SKIP
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

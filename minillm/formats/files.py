@@ -1,8 +1,8 @@
 """Reading JSON with clear errors, and writing files so that a reader (or a crash) never sees
 half of one.
 
-Writing: the data goes to a uniquely named temporary file in the destination's folder; only when it is
-complete does ``os.replace`` swap it in, in one step. A failure removes the temporary file and
+Writing: the data goes to a uniquely named temporary file in the destination's folder; only when
+it is complete does ``os.replace`` swap it in, in one step. A failure removes the temporary file and
 leaves any earlier file untouched. The file gets ordinary permissions (umask), unlike
 ``tempfile.mkstemp``'s private 0600.
 

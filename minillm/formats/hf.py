@@ -55,7 +55,8 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
         raise bad(f"model_type is {hf['model_type']!r}; minillm reads GPT-2 checkpoints only")
     if "n_positions" not in hf and "n_ctx" in hf:
         hf = {**hf, "n_positions": hf["n_ctx"]}            # very old configs name it n_ctx
-    missing = [k for k in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if k not in hf]
+    required = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
+    missing = [k for k in required if k not in hf]
     if missing:
         raise bad(f"missing {', '.join(missing)}")
     try:
@@ -72,7 +73,8 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
     if not isinstance(eps, (int, float)) or not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-6):
         raise bad(f"layer_norm_epsilon is {eps}; minillm's LayerNorm uses {LAYER_NORM_EPS}")
     if hf.get("n_inner") not in (None, 4 * config.n_embd):
-        raise bad(f"n_inner is {hf['n_inner']}; minillm's MLP has 4 * n_embd = {4 * config.n_embd} units")
+        raise bad(f"n_inner is {hf['n_inner']}; minillm's MLP has 4 * n_embd = "
+                  f"{4 * config.n_embd} units")
     unsupported = {"tie_word_embeddings": False, "scale_attn_weights": False,
                    "scale_attn_by_inverse_layer_idx": True, "add_cross_attention": True}
     for key, value in unsupported.items():
@@ -163,7 +165,8 @@ def params_from_gpt2(tensors, config, path="model.safetensors"):
 
 def read_tokenizer(folder):
     """GPT-2's tokenizer from ``folder``: ``vocab.json`` + ``merges.txt``, else the same table and
-    merges inside a byte-level BPE ``tokenizer.json`` (what Transformers 5 saves); None if absent."""
+    merges inside a byte-level BPE ``tokenizer.json`` (what Transformers 5 saves); None if
+    absent."""
     folder = Path(folder)
     have = [name for name in ("vocab.json", "merges.txt") if (folder / name).is_file()]
     if len(have) == 2:
@@ -181,7 +184,8 @@ def _tokenizer_from_json(path, data):
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
-    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" \
+            or not pre.get("use_regex", True):
         raise ValueError(f"{path}: not a GPT-2 byte-level BPE tokenizer (model "
                          f"{model.get('type')!r}, pre_tokenizer {pre.get('type')!r})")
     merges = [(n, *(m.split(" ") if isinstance(m, str) else m)) for n, m in
@@ -216,7 +220,8 @@ def read_folder(folder, dtype="float32"):
     config = config_from_gpt2(hf, dtype, config_path)
     tensors = _read_tensors(folder)
     files = sorted({str(path) for _, path in tensors.values()})
-    params = params_from_gpt2({name: a for name, (a, _) in tensors.items()}, config, ", ".join(files))
+    params = params_from_gpt2({name: a for name, (a, _) in tensors.items()}, config,
+                              ", ".join(files))
     tokenizer = read_tokenizer(folder)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{folder}: the tokenizer has ids up to {tokenizer.vocab_size - 1}, but "
@@ -237,10 +242,12 @@ def write_folder(folder, config, params, tokenizer=None):
     if tokenizer is not None:
         if not isinstance(tokenizer, BPETokenizer):
             raise ValueError(f"only a BPETokenizer can be written as vocab.json + merges.txt, got "
-                             f"{type(tokenizer).__name__}; save it on its own with tokenizer.save()")
+                             f"{type(tokenizer).__name__}; save it on its own with "
+                             "tokenizer.save()")
         if tokenizer.pattern != GPT2_PATTERN:
             raise ValueError("vocab.json + merges.txt imply GPT-2's pre-tokenization pattern; this "
-                             f"tokenizer uses {tokenizer.pattern!r}, so save it with tokenizer.save()")
+                             f"tokenizer uses {tokenizer.pattern!r}, so save it with "
+                             "tokenizer.save()")
         if tokenizer.vocab_size > config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                              f"{config.vocab_size} (vocab_size)")

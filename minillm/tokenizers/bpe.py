@@ -170,7 +170,8 @@ class BPETokenizer:
 
     def __init__(self, merges=(), byte_ids=None, special_tokens=None, pattern="gpt2"):
         byte_ids = list(range(256)) if byte_ids is None else list(byte_ids)
-        if len(byte_ids) != 256 or len(set(byte_ids)) != 256 or not all(_is_id(i) for i in byte_ids):
+        if len(byte_ids) != 256 or len(set(byte_ids)) != 256 \
+                or not all(_is_id(i) for i in byte_ids):
             raise ValueError("byte_ids must be 256 distinct integers >= 0")
         self.byte_ids = byte_ids
         self.vocab = {i: bytes([b]) for b, i in enumerate(byte_ids)}  # id -> bytes
@@ -195,12 +196,14 @@ class BPETokenizer:
                 raise ValueError(f"special token {name!r}: {i!r} must be a non-empty string "
                                  f"and an id >= 0")
             if i in self.vocab:
-                raise ValueError(f"special token {name!r} has id {i}, which is already a regular token")
+                raise ValueError(f"special token {name!r} has id {i}, which is already a "
+                                 "regular token")
         if len(set(self.special_tokens.values())) != len(self.special_tokens):
             raise ValueError("two special tokens share one id")
         self.pattern = GPT2_PATTERN if pattern == "gpt2" else pattern
         self._regex = compile_pattern(self.pattern)
-        self._decoder = {**self.vocab, **{i: s.encode("utf-8") for s, i in self.special_tokens.items()}}
+        specials = {i: s.encode("utf-8") for s, i in self.special_tokens.items()}
+        self._decoder = {**self.vocab, **specials}
         self._vocab_size = max(self._decoder) + 1
         self._cache = {}                 # chunk -> ids, for chunks seen before
 
@@ -284,7 +287,8 @@ class BPETokenizer:
 
     def _encode_chunk(self, chunk):
         """Apply the merges to one pre-tokenized chunk and remember the answer."""
-        ids = apply_merges([self.byte_ids[b] for b in chunk.encode("utf-8")], self._rank, self._merged)
+        ids = apply_merges([self.byte_ids[b] for b in chunk.encode("utf-8")], self._rank,
+                           self._merged)
         if len(chunk) < 200:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
@@ -306,7 +310,8 @@ class BPETokenizer:
             try:
                 parts.append(self._decoder[operator.index(i)])
             except (KeyError, TypeError):
-                raise ValueError(f"unknown token id {i!r} (vocab_size is {self.vocab_size})") from None
+                raise ValueError(f"unknown token id {i!r} (vocab_size is "
+                                 f"{self.vocab_size})") from None
         return b"".join(parts).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id):

@@ -125,15 +125,18 @@ def read_vocab_json(path):
     """Read ``vocab.json`` as ``{token string: id}``, checking its shape."""
     vocab = read_json(path, "vocabulary file")
     if not isinstance(vocab, dict):
-        raise ValueError(f"{path}: expected a JSON object {{token: id}}, got {type(vocab).__name__}")
+        raise ValueError(f"{path}: expected a JSON object {{token: id}}, "
+                         f"got {type(vocab).__name__}")
     owner = {}                          # id -> the token that has it
     for token, token_id in vocab.items():
         if token == "":
             raise ValueError(f"{path}: the empty string is not a valid token")
         if isinstance(token_id, bool) or not isinstance(token_id, int) or token_id < 0:
-            raise ValueError(f"{path}: token {token!r} has id {token_id!r}; ids must be integers >= 0")
+            raise ValueError(f"{path}: token {token!r} has id {token_id!r}; "
+                             "ids must be integers >= 0")
         if token_id in owner:
-            raise ValueError(f"{path}: id {token_id} is used by both {owner[token_id]!r} and {token!r}")
+            raise ValueError(f"{path}: id {token_id} is used by both {owner[token_id]!r} "
+                             f"and {token!r}")
         owner[token_id] = token
     return vocab
 

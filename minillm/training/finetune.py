@@ -85,7 +85,8 @@ class FinetuneConfig:
                 "is measured at every evaluation: how much of it the model forgets"})
     export_pretrained: str = field(default=None, metadata={
         "help": "also save the result as a GPT-2 folder here (GPT-2/BPE models only)"})
-    sample_tokens: int = field(default=200, metadata={"help": "tokens sampled at the end (0: none)"})
+    sample_tokens: int = field(default=200, metadata={
+        "help": "tokens sampled at the end (0: none)"})
 
 
 @dataclass
@@ -268,7 +269,7 @@ def finetune(config, optim_config=None, log=print, progress=None):
         if lora is not None:
             lora.save(out_dir / ADAPTERS)
         else:
-            save_checkpoint(out_dir, trained, tokenizer, None, {**state, "configs": configs})
+            save_checkpoint(out_dir, trained, tokenizer, state={**state, "configs": configs})
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out_dir / "tokenizer.json")
@@ -279,7 +280,7 @@ def finetune(config, optim_config=None, log=print, progress=None):
     # 4. the result: LoRA's W + (alpha / r) A @ B merged into a plain GPT, loadable like any run
     final = lora.merge() if lora is not None else trained
     if lora is not None:
-        save_checkpoint(out_dir, final, tokenizer, None, {**state, "configs": configs})
+        save_checkpoint(out_dir, final, tokenizer, state={**state, "configs": configs})
     if config.export_pretrained:
         final.save_pretrained(config.export_pretrained, tokenizer)
         log(f"exported a GPT-2 folder to {config.export_pretrained}")

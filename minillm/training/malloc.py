@@ -24,4 +24,5 @@ def keep_freed_memory(mmap_threshold=32 * 1024 * 1024, trim_threshold=1024 * 102
     except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    return (bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+            and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold)))

@@ -137,7 +137,7 @@ def new_state(seed):
             "rng": rng_state(np.random.default_rng(seed))}
 
 
-def estimate_loss(model, splits, block_size, batch_size, eval_iters, rng):
+def estimate_loss(model, splits, *, block_size, batch_size, eval_iters, rng):
     """Mean loss over eval_iters random batches of each split (evaluation mode, no dropout)."""
     return {name: float(np.mean([model.loss(*get_batch(data, block_size, batch_size, rng))
                                  for _ in range(eval_iters)]))
@@ -164,8 +164,8 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
     progress = progress or Progress(run.max_iters, run.batch_size * block_size, run.log_interval)
 
     def evaluate(it):
-        losses = estimate_loss(model, splits, block_size, run.batch_size, run.eval_iters,
-                               np.random.default_rng((run.seed, it)))
+        losses = estimate_loss(model, splits, block_size=block_size, batch_size=run.batch_size,
+                               eval_iters=run.eval_iters, rng=np.random.default_rng((run.seed, it)))
         history["eval"].append([it, losses["train"], losses["val"]])
         for name in [n for n in splits if n not in ("train", "val")]:
             history.setdefault("eval_extra", {}).setdefault(name, []).append([it, losses[name]])
@@ -253,7 +253,8 @@ def train(run, model_config, optim_config, log=print):
     configs = {"train": asdict(run), "optim": asdict(optim_config)}
 
     def save(state):
-        save_checkpoint(run.out_dir, model, tokenizer, optimizer, {**state, "configs": configs})
+        save_checkpoint(run.out_dir, model, tokenizer, optimizer=optimizer,
+                        state={**state, "configs": configs})
 
     tokenizer.save(Path(run.out_dir) / "tokenizer.json")
     state = train_loop(model, optimizer, splits, run, optim_config, state, save)

@@ -29,7 +29,8 @@ def plot_losses(history, path=None, title="minillm training", labels=None):
         ax.plot(ev[:, 0], ev[:, 2], "o-", label="val (eval)")
     for name, points in history.get("eval_extra", {}).items():
         pts = np.asarray(points, dtype=float).reshape(-1, 2)
-        ax.plot(pts[:, 0], pts[:, 1], "s--", label=(labels or {}).get(name, f"{name} text") + " (eval)")
+        label = (labels or {}).get(name, f"{name} text") + " (eval)"
+        ax.plot(pts[:, 0], pts[:, 1], "s--", label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy loss (nats)")
     ax.set_title(title)
