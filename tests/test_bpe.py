@@ -321,3 +321,12 @@ def test_trained_files_load_in_hugging_face(tokenizers_by_kind, tmp_path):
     hf.add_special_tokens([EOT])
     for text in [HELD_OUT, TRAIN_TEXT, *ROUND_TRIP.values()]:
         assert hf.encode(text).ids == tok.encode(text)
+
+
+@pytest.mark.parametrize("kind", ["raw", "gpt2"])
+def test_trained_tokenizer_survives_gpt2_files(tokenizers_by_kind, kind, tmp_path):
+    tok = tokenizers_by_kind[kind]
+    tok.to_gpt2(tmp_path)
+    again = BPETokenizer.from_gpt2(tmp_path, pattern=tok.pattern)
+    assert again.merges == tok.merges and again.special_tokens == tok.special_tokens
+    assert again.encode(TRAIN_TEXT) == tok.encode(TRAIN_TEXT)

@@ -11,18 +11,6 @@ from minillm.tokenizers.gpt2_files import GPT2_PATTERN, bytes_to_unicode, token_
 regex = pytest.importorskip("regex")
 
 EOT = "<|endoftext|>"
-TRAIN_TEXT = (
-    "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs away.\n"
-    "Then the fox returns, and the dog wakes: 'Who's there?' said the dog. It's the fox!\n"
-    "Crème brûlée is a dessert. Naïve cooks burn it; clever cooks don't.\n"
-    "In 2024 there were 365 days, 12 months and 52 weeks in the year.\n"
-) * 8 + EOT + "東京は日本の首都です。 🤖 robots  and   spaces\n\n"
-
-
-@pytest.fixture(scope="module")
-def tokenizers_by_kind():
-    return {"raw": BPETokenizer.train(TRAIN_TEXT, 330, pattern=None, special_tokens=[EOT]),
-            "gpt2": BPETokenizer.train(TRAIN_TEXT, 330, pattern="gpt2", special_tokens=[EOT])}
 
 
 def test_byte_alphabet():
@@ -112,15 +100,6 @@ def test_gpt2_files_round_trip(tiny_gpt2, tmp_path):
     again = BPETokenizer.from_dict(tok.to_dict())
     text = " the then the<|endoftext|>theme"
     assert again.encode(text) == tok.encode(text) == BPETokenizer.from_gpt2(tmp_path / "out").encode(text)
-
-
-@pytest.mark.parametrize("kind", ["raw", "gpt2"])
-def test_trained_tokenizer_survives_gpt2_files(tokenizers_by_kind, kind, tmp_path):
-    tok = tokenizers_by_kind[kind]
-    tok.to_gpt2(tmp_path)
-    again = BPETokenizer.from_gpt2(tmp_path, pattern=tok.pattern)
-    assert again.merges == tok.merges and again.special_tokens == tok.special_tokens
-    assert again.encode(TRAIN_TEXT) == tok.encode(TRAIN_TEXT)
 
 
 MALFORMED_GPT2 = {

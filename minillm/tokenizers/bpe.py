@@ -207,7 +207,10 @@ class BPETokenizer:
         self._vocab_size = max(self._decoder) + 1
         self._cache = {}                 # chunk -> ids, for chunks seen before
 
-    # ----------------------------------------------------------- training
+    # ------------------------------------------------------------------------------------------
+    # Training
+    # ------------------------------------------------------------------------------------------
+
     @classmethod
     def train(cls, text, vocab_size, pattern="gpt2", special_tokens=None):
         """Learn a tokenizer with ``vocab_size`` tokens in total from ``text``.
@@ -238,7 +241,10 @@ class BPETokenizer:
         merges = learn_merges(words, n_regular)
         return cls(merges, None, {s: n_regular + k for k, s in enumerate(specials)}, pattern)
 
-    # ----------------------------------------------------- encode / decode
+    # ------------------------------------------------------------------------------------------
+    # Encoding and decoding
+    # ------------------------------------------------------------------------------------------
+
     @property
     def vocab_size(self):
         """One more than the largest id (the size an embedding table needs)."""
@@ -320,7 +326,10 @@ class BPETokenizer:
             raise ValueError(f"unknown token id {token_id!r} (vocab_size is {self.vocab_size})")
         return self._decoder[token_id]
 
-    # ------------------------------------------------------- save / load
+    # ------------------------------------------------------------------------------------------
+    # Saving and loading
+    # ------------------------------------------------------------------------------------------
+
     def to_dict(self):
         """Everything needed to rebuild this tokenizer, as JSON-ready data."""
         return {
