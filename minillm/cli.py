@@ -2,10 +2,18 @@
 
 Options are built from the dataclass configs (GPTConfig, OptimConfig, TrainConfig, ...): one
 ``--flag`` per field, with the field's default, help text and (where the field lists them)
-choices, so the CLI and the Python API cannot drift apart.
+choices, so the CLI and the Python API cannot drift apart. Each value is checked where it is
+parsed, by the rule of its field (minillm/core/fields.py): ``--beta1 1`` is refused with a
+message naming the option, by the same rule that refuses ``OptimConfig(beta1=1.0)``.
+
+Errors are one line on stderr and exit 1 (2 for a bad option), never a traceback; SIGTERM acts
+as Ctrl-C; a closed output pipe (``minillm sample | head``) ends the command quietly.
 """
 import argparse
 import dataclasses
+import itertools
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,12 +21,14 @@ import numpy as np
 
 from . import __version__
 from .core.config import GPTConfig
+from .core.fields import check_fields, option_type
 from .core.optim import OptimConfig
 from .core.sampling import generate
-from .formats.checkpoint import load_model
+from .formats.checkpoint import describe_run, load_model
+from .formats.files import lock_folder, os_error
 from .tokenizers import BPETokenizer, CharTokenizer, stream_decode
 from .training.data import DownloadError
-from .training.finetune import SCHEDULE, FinetuneConfig, finetune
+from .training.finetune import SCHEDULE, FinetuneConfig, check_config, finetune
 from .training.malloc import keep_freed_memory
 from .training.train import TrainConfig, TrainingDiverged, train
 from .training.viz import plot_losses
@@ -35,7 +45,8 @@ def add_config_args(parser, cls, skip=(), title=None):
         if f.type is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         else:
-            group.add_argument(flag, type=f.type, choices=f.metadata.get("choices"), **options)
+            group.add_argument(flag, type=option_type(f), choices=f.metadata.get("choices"),
+                               **options)
 
 
 def config_from_args(cls, args, **overrides):
@@ -53,34 +64,46 @@ class SampleConfig:
     pretrained: str = dataclasses.field(default=None, metadata={
         "help": "a GPT-2 folder (the same as --ckpt with such a folder)"})
     prompt: str = dataclasses.field(default="\n", metadata={"help": "text to continue"})
-    max_new_tokens: int = dataclasses.field(default=500, metadata={"help": "tokens to generate"})
+    max_new_tokens: int = dataclasses.field(default=500, metadata={
+        "help": "tokens to generate", "min": 0})
     temperature: float = dataclasses.field(default=0.8, metadata={
-        "help": "< 1 sharper, > 1 flatter"})
+        "help": "< 1 sharper, > 1 flatter (0: greedy)", "min": 0.0})
     top_k: int = dataclasses.field(default=None, metadata={
-        "help": "sample among the k most likely tokens"})
+        "help": "sample among the k most likely tokens", "min": 1})
     top_p: float = dataclasses.field(default=None, metadata={
-        "help": "sample among the smallest set with probability >= p"})
+        "help": "sample among the smallest set with probability >= p", "above": 0.0, "max": 1.0})
     greedy: bool = dataclasses.field(default=False, metadata={
         "help": "always take the most likely token"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the sampling generator"})
+    seed: int = dataclasses.field(default=0, metadata={
+        "help": "seed of the sampling generator", "min": 0})
     kv_cache: bool = dataclasses.field(default=True, metadata={
         "help": "reuse keys/values of earlier positions"})
 
+    def __post_init__(self):
+        check_fields(self)
+
 
 def sample_text(model, tokenizer, config, out=None):
-    """Stream a continuation of config.prompt to ``out`` (standard output) and return it."""
+    """Stream a continuation of config.prompt to ``out`` (standard output) and return it.
+    Every error of the prompt or the settings comes before anything is printed."""
     out = sys.stdout if out is None else out
     ids = tokenizer.encode(config.prompt)
     tokens = generate(model, ids, config.max_new_tokens, temperature=config.temperature,
                       top_k=config.top_k, top_p=config.top_p, greedy=config.greedy,
                       rng=np.random.default_rng(config.seed), use_cache=config.kv_cache)
+    first = next(tokens, None)            # runs generate's checks and draws the first token
+    tokens = itertools.chain([] if first is None else [first], tokens)
     pieces = []
-    out.write(config.prompt)
-    for piece in stream_decode(tokenizer, tokens):
-        pieces.append(piece)
-        out.write(piece)
+    try:
+        out.write(config.prompt)
+        for piece in stream_decode(tokenizer, tokens):
+            pieces.append(piece)
+            out.write(piece)
+            out.flush()
+        out.write("\n")
         out.flush()
-    out.write("\n")
+    except OSError as e:                 # (a closed pipe stays a BrokenPipeError)
+        raise os_error(e, "writing the sample to", "the standard output") from None
     return "".join(pieces)
 
 
@@ -93,17 +116,19 @@ def sample_prompt(tokenizer):
 
 def cmd_train(args):
     run = config_from_args(TrainConfig, args)
-    result = train(run, config_from_args(GPTConfig, args), config_from_args(OptimConfig, args))
-    state = result.state
-    if state.get("interrupted"):
-        print(f"checkpoint saved to {run.out_dir} at iteration {state['iter']}; "
-              f"continue with: python -m minillm train --resume --out-dir {run.out_dir}")
-        return 0
-    plot_losses(state["history"], Path(run.out_dir) / "loss.png")
-    print(f"\nsaved checkpoint and loss curve in {run.out_dir}/ "
-          f"(best val loss {state['best_val']:.4f})")
+    model_config = config_from_args(GPTConfig, args)
+    optim_config = config_from_args(OptimConfig, args)
+    with lock_folder(run.out_dir):          # held until the loss curve is drawn, too
+        result = train(run, model_config, optim_config)
+        state = result.state
+        if state.get("interrupted"):
+            print(describe_run(run.out_dir, state))
+            print(f"continue with: python -m minillm train --resume --out-dir {run.out_dir}")
+            return 0
+        plot_losses(state["history"], Path(run.out_dir) / "loss.png")
+    print("\n" + describe_run(run.out_dir, state) + "\n  loss.png                the loss curves")
     if run.sample_tokens > 0:
-        print(f"--- a sample of {run.sample_tokens} tokens (temperature 0.8) ---")
+        print(f"--- a sample of {run.sample_tokens} tokens of the last state (temperature 0.8) ---")
         sample_text(result.model, result.tokenizer,
                     SampleConfig(prompt=sample_prompt(result.tokenizer),
                                  max_new_tokens=run.sample_tokens, seed=run.seed))
@@ -115,23 +140,28 @@ def cmd_sample(args):
     if (config.ckpt is None) == (config.pretrained is None):
         raise ValueError("give exactly one of --ckpt DIR (a minillm run or a GPT-2 folder) or "
                          "--pretrained DIR (a GPT-2 folder)")
-    model, tokenizer, _ = load_model(config.ckpt or config.pretrained)
+    model, tokenizer, _ = load_model(config.ckpt or config.pretrained,
+                                     log=lambda line: print(f"sampling {line}", file=sys.stderr))
     sample_text(model, tokenizer, config)
     return 0
 
 
 def cmd_finetune(args):
     config = config_from_args(FinetuneConfig, args)
-    result = finetune(config, config_from_args(OptimConfig, args))   # schedule: FinetuneConfig's
-    state = result.state
-    plot_losses(state["history"], Path(config.out_dir) / "loss.png", "minillm fine-tuning",
-                labels={"watch": f"{config.watch_data} (last tenth)"})
-    what = "merged checkpoint, adapters.safetensors" if result.lora else "checkpoint"
-    print(f"\nsaved {what} and loss curve in {config.out_dir}/ "
-          f"(best val loss {state['best_val']:.4f})"
-          + (" after an interruption" if state.get("interrupted") else ""))
+    optim_config = config_from_args(OptimConfig, args)      # schedule: FinetuneConfig's
+    check_config(config)                    # before out_dir is locked (it may be --init-from)
+    with lock_folder(config.out_dir):
+        result = finetune(config, optim_config)
+        state = result.state
+        plot_losses(state["history"], Path(config.out_dir) / "loss.png", "minillm fine-tuning",
+                    labels={"watch": f"{config.watch_data} (last tenth)"})
+    print("\n" + describe_run(config.out_dir, state)
+          + ("\n  adapters.safetensors    the LoRA adapters of the last state" if result.lora
+             else "") + "\n  loss.png                the loss curves"
+          + ("\n(stopped early by an interruption)" if state.get("interrupted") else ""))
     if config.sample_tokens > 0:
-        print(f"--- a sample of {config.sample_tokens} tokens (temperature 0.8) ---")
+        print(f"--- a sample of {config.sample_tokens} tokens of the last state "
+              "(temperature 0.8) ---")
         sample_text(result.model, result.tokenizer, SampleConfig(
             prompt=sample_prompt(result.tokenizer), max_new_tokens=config.sample_tokens,
             seed=config.seed))
@@ -144,6 +174,9 @@ class ExportConfig:
     ckpt: str = dataclasses.field(default=None, metadata={"help": "a minillm run folder"})
     out_dir: str = dataclasses.field(default=None, metadata={
         "help": "the folder to write: config.json, model.safetensors, vocab.json, merges.txt"})
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def cmd_export(args):
@@ -187,14 +220,47 @@ def build_parser():
     return parser
 
 
+def error_message(error):
+    """One line for an error: an OSError's own message and file, without "[Errno N]"."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {error.filename}" if error.filename else "")
+    return str(error)
+
+
+def _flush_stdout():
+    """Flush standard output; if it cannot be written (its reader is gone, the disk is full),
+    send what is left to /dev/null, or Python would complain again when it exits."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     keep_freed_memory()                  # faster training steps (see minillm/training/malloc.py)
     try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # as Ctrl-C
+    except ValueError:                   # not the main thread
+        previous = None
+    try:
         return args.func(args)
+    except BrokenPipeError:              # e.g. `minillm sample | head`: the reader has enough
+        return 0
+    except MemoryError as e:
+        print(f"minillm {args.command}: error: out of memory ({e or 'an array did not fit'}); "
+              "use a smaller model or batch", file=sys.stderr)
+        return 1
     except (ValueError, OSError, DownloadError, TrainingDiverged) as e:
-        print(f"minillm {args.command}: error: {e}", file=sys.stderr)
+        print(f"minillm {args.command}: error: {error_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        _flush_stdout()

@@ -33,7 +33,7 @@ def test_train_help_lists_the_choices(capsys):
     (["train", "--pos-encoding", "bogus"], "invalid choice: 'bogus'"),
     (["train", "--dtype", "float16"], "invalid choice: 'float16'"),
     (["train", "--tokenizer", "words"], "invalid choice: 'words'"),
-    (["train", "--max-iters", "ten"], "invalid int value: 'ten'"),
+    (["train", "--max-iters", "ten"], "argument --max-iters: must be an integer >= 1, got 'ten'"),
 ])
 def test_the_parser_refuses_bad_values(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -11,10 +11,13 @@ from minillm.core.config import check_tensors, param_shapes
     (dict(n_embd=10, n_head=3), "divisible by n_head"),
     (dict(dtype="float16"), "unknown dtype"),
     (dict(pos_encoding="rotary"), "unknown pos_encoding"),
-    (dict(n_layer=0), "n_layer must be a positive integer"),
-    (dict(dropout=1.0), "dropout"),
-    (dict(dropout="x"), "dropout must be a number, got 'x'"),
-    (dict(n_head=2.0), "n_head must be a positive integer"),
+    (dict(n_layer=0), "n_layer must be an integer >= 1, got 0"),
+    (dict(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
+    (dict(dropout="x"), r"dropout must be a number in \[0, 1\), got 'x'"),
+    (dict(n_head=2.0), "n_head must be an integer >= 1, got 2.0"),
+    (dict(n_embd=True), "n_embd must be an integer >= 1, got True"),
+    (dict(dropout=float("nan")), "dropout must be a number"),
+    (dict(dtype=""), "dtype must be a non-empty string"),
     (dict(pos_encoding="sinusoidal", n_embd=9, n_head=3), "even n_embd"),
 ])
 def test_bad_config(kwargs, message):

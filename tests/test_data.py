@@ -3,6 +3,7 @@
 touches the network beyond 127.0.0.1."""
 import functools
 import hashlib
+import os
 import http.server
 import socket
 import threading
@@ -393,3 +394,29 @@ def test_shakespeare_matches_registry_and_has_65_chars(shakespeare, shared_data)
     assert tok.decode(ids) == shakespeare
     train, val = split(ids)
     assert len(train) == 1_003_854 and len(val) == 111_540      # nanoGPT's shakespeare_char
+
+
+# ---------------------------------------------------------------- files that are not text files
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null", "/dev/urandom"])
+def test_a_device_is_refused_without_reading_it(device):
+    if not os.path.exists(device):
+        pytest.skip(f"no {device} here")
+    with pytest.raises(ValueError, match=f"{device} is not a regular file"):
+        load_text(device)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)                                 # opening it to read would wait for a writer
+    with pytest.raises(ValueError, match="pipe is not a regular file"):
+        load_text(str(fifo))
+
+
+def test_a_text_larger_than_the_cap_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "big.txt"
+    path.write_text("a" * 101, encoding="utf-8")
+    monkeypatch.setattr(data, "MAX_TEXT_BYTES", 100)
+    with pytest.raises(ValueError, match="big.txt is larger than 100 bytes"):
+        load_text(str(path))
+    monkeypatch.setattr(data, "MAX_TEXT_BYTES", 101)
+    assert load_text(str(path))[0] == "a" * 101

@@ -220,10 +220,7 @@ def test_gpt2_folder_finetunes_and_exports(tmp_path):
     (["--init-from", "{tmp}/nothing"], "neither a minillm checkpoint folder"),
     (["--data", "{tmp}/missing.txt"], "does not exist"),
     (["--data", "{tmp}"], "is a directory"),
-    (["--lora-rank", "-1"], "--lora-rank must be >= 1"),
     (["--lora-rank", "2", "--lora-targets", "attn.q"], "unknown LoRA target projection 'attn.q'"),
-    (["--warmup-iters", "-1"], "--warmup-iters must be an integer >= 0"),
-    (["--max-iters", "0"], "--max-iters must be a positive integer"),
     (["--export-pretrained", "{tmp}/gpt2"], "a character model cannot be exported"),
     (["--data", "{short}"], "is too short"),
 ])
@@ -243,3 +240,42 @@ def test_cli_errors_are_clear(base, tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("minillm finetune: error: ") and message in err, err
     assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lora-rank", "-1"], "argument --lora-rank: must be an integer >= 0, got -1"),
+    (["--lora-alpha", "0"], "argument --lora-alpha: must be a number > 0, got 0.0"),
+    (["--warmup-iters", "-1"], "argument --warmup-iters: must be an integer >= 0, got -1"),
+    (["--max-iters", "0"], "argument --max-iters: must be an integer >= 1, got 0"),
+    (["--eval-interval", "0"], "argument --eval-interval: must be an integer >= 1, got 0"),
+    (["--beta1", "1"], r"argument --beta1: must be a number in [0, 1), got 1.0"),
+    (["--learning-rate=-3e-4"], "argument --learning-rate: must be a number > 0"),
+])
+def test_options_are_checked_where_they_are_parsed(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "--init-from", "x", "--data", "y", "--out-dir", "z", *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_holding_a_run_is_refused_unless_overwrite(base, tmp_path):
+    out = tmp_path / "out"
+    run(config(base, out, max_iters=10))
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="already holds a run .*--overwrite"):
+        run(config(base, out, max_iters=10))
+    assert snapshot(out) == before
+    result = run(config(base, out, max_iters=10, overwrite=True, seed=7))
+    assert load_checkpoint(out).state["configs"]["finetune"]["seed"] == 7
+    assert result.state["iter"] == 10
+
+
+def test_best_and_last_are_saved_as_named(base, tmp_path):
+    out = tmp_path / "out"
+    result = run(config(base, out, lora_rank=2, max_iters=20))
+    last, best = load_checkpoint(out), load_checkpoint(out / "best.safetensors")
+    assert last.state["iter"] == 20 and best.state["iter"] == result.state["best_iter"]
+    assert best.state["best_val"] == result.state["best_val"] == min(
+        row[2] for row in result.state["history"]["eval"])
+    for k, v in result.model.params.items():              # the last state is the merged model
+        np.testing.assert_array_equal(last.model.params[k], v)

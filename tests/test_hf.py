@@ -175,7 +175,13 @@ def test_untied_lm_head_is_refused(tmp_path):
     ({"n_inner": 32}, "n_inner is 32"),
     ({"model_type": "llama"}, "model_type is 'llama'"),
     ({"n_head": 3}, "divisible by n_head"),
-    ({"n_embd": None}, "n_embd must be a positive integer"),
+    ({"n_embd": None}, "n_embd must be an integer >= 1"),
+    ({"n_layer": "2"}, "n_layer must be an integer >= 1, got '2'"),
+    ({"n_head": True}, "n_head must be an integer >= 1, got True"),
+    ({"resid_pdrop": "x"}, "resid_pdrop must be a number, got 'x'"),
+    ({"resid_pdrop": 1.5}, r"dropout must be a number in \[0, 1\), got 1.5"),
+    ({"layer_norm_epsilon": "1e-05"}, "layer_norm_epsilon must be a number, got '1e-05'"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false, got 'false'"),
 ])
 def test_unsupported_config_is_a_clear_error(tmp_path, overrides, message):
     model = random_model()

@@ -9,7 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from minillm.formats.safetensors import load_file, read_header, read_metadata, save_file
+from minillm.formats.safetensors import (load_file, load_with_metadata, read_header,
+                                         read_metadata, save_file)
 
 NUMPY_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -221,6 +222,14 @@ BAD_FILES = [  # id, header, data, header_len override, expected message fragmen
     ("trailing-bytes", {"x": F32x2}, b"\x00" * 12, None, "4 trailing bytes"),
     ("metadata-not-str", {"__metadata__": {"a": 1}}, b"", None, "__metadata__"),
     ("metadata-not-object", {"__metadata__": "a"}, b"", None, "__metadata__"),
+    ("nested-brackets", b"[" * 100_000, b"", None, "nested too deeply"),
+    ("nested-objects", b'{"a":' * 100_000, b"", None, "nested too deeply"),
+    ("shape-product-overflows", with_entry(shape=[2**62, 2**62, 0], data_offsets=[0, 0]), b"",
+     None, "larger than any array can be"),
+    ("dimension-past-int64", with_entry(shape=[2**64, 0], data_offsets=[0, 0]), b"", None,
+     "larger than any array can be"),
+    ("too-many-dimensions", with_entry(shape=[1] * 40 + [0], data_offsets=[0, 0]), b"", None,
+     "larger than any array can be"),
 ]
 
 
@@ -414,3 +423,34 @@ def test_bf16_writer_matches_torch_rounding(tmp_path):
     theirs = st_torch.load_file(str(path))["x"]
     assert theirs.dtype == torch.bfloat16
     assert torch.equal(theirs[~torch.from_numpy(nan)], expected[~torch.from_numpy(nan)])
+
+
+# ------------------------------------------------------------ checksums
+def test_checksums_are_verified_and_a_flipped_bit_is_a_damaged_file(tmp_path):
+    path = tmp_path / "c.safetensors"
+    tensors = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.float64),
+               "h": np.array([1.0, 2.0], np.float32)}
+    save_file(tensors, path, metadata={"step": "7"}, dtypes={"h": "BF16"}, checksums=True)
+    loaded, meta = load_with_metadata(path)
+    assert meta["step"] == "7" and set(json.loads(meta["sha256"])["tensors"]) == set(tensors)
+    np.testing.assert_array_equal(loaded["w"], tensors["w"])
+    good = path.read_bytes()
+    header_end = 8 + int.from_bytes(good[:8], "little")
+    for position in range(header_end, len(good)):              # every byte of every tensor
+        damaged = bytearray(good)
+        damaged[position] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match=r"c.safetensors is damaged: tensor '[whb]' does not "
+                                             "match its checksum"):
+            load_file(path)
+    meta_at = good.index(b'"step":"7"') + len(b'"step":"')
+    damaged = bytearray(good)
+    damaged[meta_at] = ord("8")                                # 7 -> 8: still valid JSON
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="is damaged: its metadata does not match its checksum"):
+        load_file(path)
+
+
+def test_the_checksum_entry_is_reserved(tmp_path):
+    with pytest.raises(ValueError, match="'sha256' is reserved"):
+        save_file({"x": X}, tmp_path / "a.safetensors", metadata={"sha256": "x"}, checksums=True)

@@ -43,8 +43,15 @@ def test_sampling_frequencies_follow_temperature():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(temperature=-1.0, rng=np.random.default_rng()), "temperature"),
+    (dict(temperature=float("nan"), rng=np.random.default_rng()),
+     "temperature must be a finite number >= 0, got nan"),
+    (dict(temperature=float("inf"), rng=np.random.default_rng()), "temperature must be a finite"),
+    (dict(temperature="0.8", rng=np.random.default_rng()), "temperature must be a finite"),
     (dict(top_k=0, rng=np.random.default_rng()), "top_k"),
+    (dict(top_k=2.5, rng=np.random.default_rng()), "top_k must be an integer >= 1, got 2.5"),
+    (dict(top_k=True, rng=np.random.default_rng()), "top_k must be an integer"),
     (dict(top_p=0.0, rng=np.random.default_rng()), "top_p"),
+    (dict(top_p=float("nan"), rng=np.random.default_rng()), "top_p"),
     (dict(), "rng"),
 ])
 def test_bad_sampling_options(kwargs, message):
@@ -91,3 +98,46 @@ def test_prompt_errors():
         list(generate(model, [], 1, greedy=True))
     with pytest.raises(ValueError, match="outside"):
         list(generate(model, [13], 1, greedy=True))
+
+
+@pytest.mark.parametrize("logits", [[0.0, np.inf, 1.0], [0.0, np.nan, 1.0], [-np.inf, -np.inf]])
+@pytest.mark.parametrize("mode", [dict(greedy=True), dict(temperature=0.8), dict(top_p=0.9)])
+def test_logits_that_are_not_numbers_are_an_error(logits, mode):
+    with pytest.raises(ValueError, match="the logits are not numbers"):
+        sample_next(np.array(logits), rng=np.random.default_rng(0), **mode)
+
+
+def test_minus_infinity_masks_a_token():
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, -np.inf, 1.0])
+    assert {sample_next(logits, rng=rng) for _ in range(200)} == {0, 2}
+
+
+def test_a_temperature_so_small_that_logits_overflow_is_an_error():
+    with pytest.raises(ValueError, match="temperature 1e-320 is so small that logits / "
+                                         "temperature overflow; use temperature 0"):
+        sample_next(np.array([0.5, 3.0]), temperature=1e-320, rng=np.random.default_rng(0))
+    assert sample_next(np.array([0.5, 3.0]), temperature=1e-300, rng=np.random.default_rng(0)) == 1
+
+
+def test_weights_holding_nan_are_named_before_anything_is_generated():
+    model = small_model()
+    model.params["h.1.attn.c_proj.weight"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"weights hold NaN or infinity \(h.1.attn.c_proj.weight\)"):
+        next(generate(model, [1, 2], 5, greedy=True))
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ([1.0, 2.0], "token ids must be integers, got float64"),
+    (np.array([1.7]), "token ids must be integers, got float64"),
+    ([True], "token ids must be integers, got bool"),
+])
+def test_token_ids_given_as_floats_are_refused_not_truncated(prompt, message):
+    with pytest.raises(ValueError, match=message):
+        next(generate(small_model(), prompt, 3, greedy=True))
+
+
+@pytest.mark.parametrize("n", [-1, 2.0, True])
+def test_max_new_tokens_must_be_a_count(n):
+    with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0"):
+        next(generate(small_model(), [1], n, greedy=True))

@@ -20,8 +20,14 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from .fields import check_fields
+
 DTYPES = ("float32", "float64")
 POS_ENCODINGS = ("learned", "sinusoidal")
+# The fields every saved GPTConfig has had since the first checkpoint: a saved config without
+# one of them is refused, not completed with a default (fields added later have defaults).
+REQUIRED = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
+            "pos_encoding", "dtype")
 
 
 @dataclass
@@ -31,35 +37,52 @@ class GPTConfig:
     >>> GPTConfig(n_embd=64, n_head=4).head_size
     16
     """
-    vocab_size: int = field(default=65, metadata={"help": "number of token ids V"})
-    block_size: int = field(default=64, metadata={"help": "longest context T the model reads"})
-    n_layer: int = field(default=4, metadata={"help": "number of Transformer blocks"})
-    n_head: int = field(default=4, metadata={"help": "attention heads per block"})
-    n_embd: int = field(default=128, metadata={"help": "channels C (a multiple of n_head)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout probability while training"})
+    vocab_size: int = field(default=65, metadata={"help": "number of token ids V", "min": 1})
+    block_size: int = field(default=64, metadata={
+        "help": "longest context T the model reads", "min": 1})
+    n_layer: int = field(default=4, metadata={"help": "number of Transformer blocks", "min": 1})
+    n_head: int = field(default=4, metadata={"help": "attention heads per block", "min": 1})
+    n_embd: int = field(default=128, metadata={
+        "help": "channels C (a multiple of n_head)", "min": 1})
+    dropout: float = field(default=0.0, metadata={
+        "help": "dropout probability while training", "min": 0.0, "below": 1.0})
     pos_encoding: str = field(default="learned", metadata={
         "help": "positions: learned (GPT-2's wpe) or sinusoidal (fixed)", "choices": POS_ENCODINGS})
     dtype: str = field(default="float32", metadata={
         "help": "float type of parameters and activations", "choices": DTYPES})
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        check_fields(self)                 # types and ranges, from the annotations and metadata
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise ValueError(f"GPTConfig.dropout must be a number, got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; "
-                                 f"use one of {choices}")
         if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
             raise ValueError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
+
+    @classmethod
+    def from_dict(cls, data, source="model config"):
+        """The GPTConfig saved as ``to_dict()`` (a checkpoint's, a config file's): complete or
+        refused. Every field a checkpoint has always had (REQUIRED) must be there, unknown keys
+        are refused, and errors start with ``source``.
+
+        >>> GPTConfig.from_dict({**GPTConfig().to_dict(), "n_head": "4"}, "ckpt")
+        Traceback (most recent call last):
+        ...
+        ValueError: ckpt: n_head must be an integer >= 1, got '4'
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected an object of settings, got "
+                             f"{type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        missing = [name for name in REQUIRED if name not in data]
+        unknown = [name for name in data if name not in known]
+        if missing or unknown:
+            raise ValueError(f"{source}: " + "; ".join(
+                ([f"missing {', '.join(missing)}"] if missing else [])
+                + ([f"unknown setting(s) {', '.join(map(repr, unknown))}"] if unknown else [])))
+        try:
+            return cls(**data)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
 
     @property
     def head_size(self):
@@ -107,7 +130,8 @@ def param_shapes(config):
 
 def check_tensors(tensors, expected, source):
     """Raise a ValueError naming every tensor of ``tensors`` that ``expected`` ({name: shape})
-    lacks or does not know, the first one of the wrong shape, and any that does not hold floats.
+    lacks or does not know, the first one of the wrong shape, and any that does not hold floats
+    (an int or bool tensor is refused, not cast) or holds NaN or infinity.
 
     ``source`` says where the tensors come from (a file, "adapters", ...) and starts the message.
 
@@ -134,3 +158,5 @@ def check_tensors(tensors, expected, source):
                              f"expected {tuple(shape)}")
         if np.asarray(array).dtype.kind != "f":
             raise ValueError(f"{source}: tensor {name!r} has dtype {array.dtype}, expected floats")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{source}: tensor {name!r} holds NaN or infinite values")

@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fields import check_fields
+
+
 @dataclass
 class OptimConfig:
     """Optimizer and schedule settings (one CLI flag per field).
@@ -45,19 +48,29 @@ class OptimConfig:
     """
 
     learning_rate: float = field(default=1e-3, metadata={
-        "help": "peak learning rate (end of warmup)"})
-    min_lr: float = field(default=1e-4, metadata={"help": "learning rate after cosine decay"})
-    warmup_iters: int = field(default=100, metadata={"help": "iterations of linear warmup"})
+        "help": "peak learning rate (end of warmup)", "above": 0.0})
+    min_lr: float = field(default=1e-4, metadata={
+        "help": "learning rate after cosine decay", "min": 0.0})
+    warmup_iters: int = field(default=100, metadata={
+        "help": "iterations of linear warmup", "min": 0})
     lr_decay_iters: int = field(default=2000, metadata={
-        "help": "iteration where the decay reaches min_lr"})
-    beta1: float = field(default=0.9, metadata={"help": "AdamW decay rate of m, the mean of g"})
+        "help": "iteration where the decay reaches min_lr", "min": 0})
+    beta1: float = field(default=0.9, metadata={
+        "help": "AdamW decay rate of m, the mean of g", "min": 0.0, "below": 1.0})
     beta2: float = field(default=0.99, metadata={
-        "help": "AdamW decay rate of v, the mean of g**2"})
-    eps: float = field(default=1e-8, metadata={"help": "AdamW: added to sqrt(v_hat) to avoid / 0"})
+        "help": "AdamW decay rate of v, the mean of g**2", "min": 0.0, "below": 1.0})
+    eps: float = field(default=1e-8, metadata={
+        "help": "AdamW: added to sqrt(v_hat) to avoid / 0", "above": 0.0})
     weight_decay: float = field(default=0.1, metadata={
-        "help": "decoupled weight decay (2-D+ params)"})
+        "help": "decoupled weight decay (2-D+ params)", "min": 0.0})
     grad_clip: float = field(default=1.0, metadata={
-        "help": "max global gradient norm (0 = no clipping)"})
+        "help": "max global gradient norm (0 = no clipping)", "min": 0.0})
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.warmup_iters > self.lr_decay_iters:
+            raise ValueError(f"warmup_iters ({self.warmup_iters}) must be at most lr_decay_iters "
+                             f"({self.lr_decay_iters}): the cosine decay starts after the warmup")
 
 
 class AdamW:

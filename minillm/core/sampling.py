@@ -15,9 +15,13 @@ generation without the cache does, so both give the same tokens.
 
 Shape legend: T time, V vocabulary.
 """
+import math
+
 import numpy as np
 
 from .layers import softmax_forward
+
+NUMBERS = (int, float, np.integer, np.floating)
 
 
 def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False, rng=None):
@@ -30,22 +34,30 @@ def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False
     1
     """
     logits = np.asarray(logits, dtype=np.float64)
+    if np.isnan(logits).any() or np.isposinf(logits).any() or np.isneginf(logits).all():
+        raise ValueError("the logits are not numbers (NaN, +inf, or all -inf): the model "
+                         "computed non-finite values (are its weights damaged?)")
+    if not (isinstance(temperature, NUMBERS) and math.isfinite(temperature)) \
+            or temperature < 0.0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if greedy or temperature == 0.0:
         return int(np.argmax(logits))
-    if temperature < 0.0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
     if rng is None:
         raise ValueError("sampling needs an rng (np.random.default_rng(seed)); or use greedy")
-    z = logits / temperature
+    with np.errstate(over="ignore"):
+        z = logits / temperature
+    if np.isposinf(z).any():
+        raise ValueError(f"temperature {temperature!r} is so small that logits / temperature "
+                         "overflow; use temperature 0 (greedy) for the most likely token")
     if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
         if top_k < z.size:
             kth = np.partition(z, -top_k)[-top_k]          # the k-th largest logit
             z = np.where(z < kth, -np.inf, z)
     probs, _ = softmax_forward(z)
     if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
+        if not (isinstance(top_p, NUMBERS) and 0.0 < top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         order = np.argsort(-probs, kind="stable")          # most likely first
         before = np.cumsum(probs[order]) - probs[order]    # probability mass ranked above each
@@ -69,9 +81,19 @@ def generate(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, 
     6
     """
     block_size = model.config.block_size
-    context = [int(t) for t in np.asarray(prompt_ids).reshape(-1)]
-    if not context:
+    prompt = np.asarray(prompt_ids)
+    if prompt.size == 0:
         raise ValueError("the prompt is empty: give at least one token")
+    if prompt.dtype.kind not in "iu":
+        raise ValueError(f"token ids must be integers, got {prompt.dtype} {prompt_ids!r:.40}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+            or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    context = [int(t) for t in prompt.reshape(-1)]
+    damaged = [name for name, p in getattr(model, "params", {}).items() if not np.isfinite(p).all()]
+    if damaged:
+        raise ValueError(f"the model's weights hold NaN or infinity ({', '.join(damaged[:4])}"
+                         f"{' ...' if len(damaged) > 4 else ''}), so it cannot give probabilities")
     if len(context) > block_size:
         raise ValueError(f"the prompt is {len(context)} tokens long, longer than the model's "
                          f"context of block_size={block_size}")

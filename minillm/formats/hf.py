@@ -59,18 +59,23 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
     missing = [k for k in required if k not in hf]
     if missing:
         raise bad(f"missing {', '.join(missing)}")
+    numbers = {key: hf[key] for key in ("resid_pdrop", "layer_norm_epsilon")
+               if hf.get(key) is not None}
+    for key, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(f"{key} must be a number, got {value!r}")
     try:
         config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
                            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                           dropout=float(hf.get("resid_pdrop") or 0.0), dtype=dtype)
-    except (ValueError, TypeError) as e:
+                           dropout=float(numbers.get("resid_pdrop", 0.0)), dtype=dtype)
+    except ValueError as e:
         raise bad(e) from None
     act = hf.get("activation_function", "gelu_new")
     if act not in GELU_NAMES:
         raise bad(f"activation_function is {act!r}; minillm implements only GPT-2's tanh GELU "
                   f"({' or '.join(GELU_NAMES)})")
-    eps = hf.get("layer_norm_epsilon", LAYER_NORM_EPS)
-    if not isinstance(eps, (int, float)) or not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-6):
+    eps = numbers.get("layer_norm_epsilon", LAYER_NORM_EPS)
+    if not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-6):
         raise bad(f"layer_norm_epsilon is {eps}; minillm's LayerNorm uses {LAYER_NORM_EPS}")
     if hf.get("n_inner") not in (None, 4 * config.n_embd):
         raise bad(f"n_inner is {hf['n_inner']}; minillm's MLP has 4 * n_embd = "
@@ -78,6 +83,8 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
     unsupported = {"tie_word_embeddings": False, "scale_attn_weights": False,
                    "scale_attn_by_inverse_layer_idx": True, "add_cross_attention": True}
     for key, value in unsupported.items():
+        if not isinstance(hf.get(key, not value), bool):
+            raise bad(f"{key} must be true or false, got {hf[key]!r}")
         if hf.get(key, not value) == value:
             raise bad(f"{key} is {str(value).lower()}, which minillm does not support "
                       f"(its GPT-2 has tied embeddings, 1/sqrt(hs) attention, no cross-attention)")

@@ -30,6 +30,12 @@ Because the header is plain JSON and the data is plain bytes, loading a file
 can never run code (unlike pickle) -- the worst a malicious file can do is be
 rejected by the checks below.
 
+Integrity. ``save_file(..., checksums=True)`` adds one metadata entry,
+``"sha256"``: the SHA-256 of every tensor's bytes and of the other metadata
+entries (JSON). Reading a file that has it verifies it, so a flipped bit
+anywhere in the file is reported as a damaged file instead of loading as
+slightly different numbers (minillm's checkpoints are written this way).
+
 Example:
     >>> import numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.safetensors")
@@ -41,6 +47,7 @@ Example:
     {'step': '7'}
 """
 
+import hashlib
 import json
 import math
 import os
@@ -65,8 +72,28 @@ _DEFAULT_NAME = {(dt.kind, dt.itemsize): name
                  for name, dt in _DTYPES.items() if name != "BF16"}
 
 
+CHECKSUMS = "sha256"      # the metadata entry of save_file(..., checksums=True)
+
+
 def _error(path, problem):
     return ValueError(f"invalid safetensors file {os.fspath(path)!r}: {problem}")
+
+
+def _damaged(path, problem):
+    return ValueError(f"{os.fspath(path)} is damaged: {problem}; the file changed after it "
+                      "was written (a disk or copy error?)")
+
+
+def _sha256(array):
+    """Hex SHA-256 of a C-contiguous array's bytes (as stored: little-endian)."""
+    return hashlib.sha256(array.reshape(-1).view(np.uint8)).hexdigest()
+
+
+def _metadata_sha256(metadata):
+    """Hex SHA-256 of the metadata entries other than the checksums themselves."""
+    others = {k: v for k, v in metadata.items() if k != CHECKSUMS}
+    text = json.dumps(others, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,6 +168,8 @@ def _check_entry(path, name, entry):
     if begin > end:
         raise _error(path, f"tensor {name!r} has data_offsets begin {begin} > end {end}")
     nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+    if len(shape) > 32 or math.prod(d for d in shape if d) * _DTYPES[dtype].itemsize >= 2**63:
+        raise _error(path, f"tensor {name!r} has shape {shape}, larger than any array can be")
     if end - begin != nbytes:
         raise _error(path, f"tensor {name!r} with dtype {dtype} and shape {shape} "
                            f"needs {nbytes} bytes but data_offsets {offsets} span "
@@ -186,6 +215,9 @@ def _read_header(f, path):
                             object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise _error(path, f"header is not valid UTF-8 JSON ({exc})") from None
+    except RecursionError:                           # e.g. [[[[...]]]] nested 100,000 deep
+        raise _error(path, "header is not a safetensors header (JSON nested too deeply)") \
+            from None
     if not isinstance(header, dict):
         raise _error(path, f"header is a JSON {type(header).__name__}, expected an object")
 
@@ -210,34 +242,71 @@ def read_header(path):
 
 
 def read_metadata(path):
-    """Return the ``__metadata__`` map of a file (``{}`` if it has none)."""
+    """Return the ``__metadata__`` map of a file (``{}`` if it has none), without checking the
+    tensors' bytes (``load_with_metadata`` reads both, checked, from one open file)."""
     with open(path, "rb") as f:
         return _read_header(f, path)[1]
 
 
-def load_file(path):
-    """Load every tensor of a safetensors file into writeable NumPy arrays.
+def _verify(path, metadata, digests):
+    """Compare the checksums recorded in ``metadata`` (if any) with ``digests`` {name: hex}."""
+    if CHECKSUMS not in metadata:
+        return
+    try:
+        recorded = json.loads(metadata[CHECKSUMS])
+        tensors, meta = recorded["tensors"], recorded["metadata"]
+        if not isinstance(tensors, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise _damaged(path, f"its {CHECKSUMS!r} metadata entry is not readable") from None
+    if set(tensors) != set(digests):
+        raise _damaged(path, "its checksums name other tensors than the file holds")
+    for name, digest in digests.items():
+        if tensors[name] != digest:
+            raise _damaged(path, f"tensor {name!r} does not match its checksum")
+    if meta != _metadata_sha256(metadata):
+        raise _damaged(path, "its metadata does not match its checksum")
+
+
+def load_with_metadata(path):
+    """``(tensors, metadata)`` of a safetensors file, both read from one open file (so from one
+    version of it, even if it is replaced meanwhile) and verified against its checksums, if it
+    has them. Tensors are as ``load_file`` returns them.
 
     Each tensor is read straight from the file into its own freshly allocated
     array, so memory use is the size of the tensors, not twice that. BF16
     tensors come back as float32 (exact: every bfloat16 is a float32).
+    """
+    with open(path, "rb") as f:
+        tensors, metadata, data_start = _read_header(f, path)
+        result, digests = {}, {}
+        for name, entry in tensors.items():
+            begin, end = entry["data_offsets"]
+            try:
+                array = np.empty(entry["shape"], dtype=_DTYPES[entry["dtype"]])
+            except (ValueError, MemoryError) as e:
+                raise _error(path, f"tensor {name!r} of shape {entry['shape']} cannot be "
+                                   f"held in memory ({e})") from None
+            f.seek(data_start + begin)
+            if f.readinto(array.reshape(-1).view(np.uint8)) != end - begin:
+                raise _error(path, f"file ended while reading tensor {name!r}")
+            if CHECKSUMS in metadata:
+                digests[name] = _sha256(array)
+            if entry["dtype"] == "BF16":
+                array = _bf16_bits_to_f32(array)
+            result[name] = array
+    _verify(path, metadata, digests)
+    return result, metadata
+
+
+def load_file(path):
+    """Load every tensor of a safetensors file into writeable NumPy arrays (verified against
+    its checksums, if it has them; see ``load_with_metadata``).
 
     >>> params = load_file("model.safetensors")             # doctest: +SKIP
     >>> params["w"] += 1.0  # independent, writeable arrays   # doctest: +SKIP
     """
-    with open(path, "rb") as f:
-        tensors, _, data_start = _read_header(f, path)
-        result = {}
-        for name, entry in tensors.items():
-            begin, end = entry["data_offsets"]
-            array = np.empty(entry["shape"], dtype=_DTYPES[entry["dtype"]])
-            f.seek(data_start + begin)
-            if f.readinto(array.reshape(-1).view(np.uint8)) != end - begin:
-                raise _error(path, f"file ended while reading tensor {name!r}")
-            if entry["dtype"] == "BF16":
-                array = _bf16_bits_to_f32(array)
-            result[name] = array
-    return result
+    return load_with_metadata(path)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +340,7 @@ def _prepare(name, array, dtype_name):
     return dtype_name, array.astype(target, order="C", copy=False)
 
 
-def save_file(tensors, path, metadata=None, dtypes=None):
+def save_file(tensors, path, metadata=None, dtypes=None, checksums=False):
     """Write ``tensors`` to ``path`` in safetensors format, atomically.
 
     ``dtypes`` optionally overrides the stored dtype per tensor, e.g.
@@ -284,6 +353,8 @@ def save_file(tensors, path, metadata=None, dtypes=None):
     starts at a multiple of its own itemsize in the file (handy for readers
     that memory-map the file). The file is written to a temporary file in the
     same folder and then moved into place, so ``path`` is never half-written.
+    With ``checksums``, the metadata also gets the SHA-256 of every tensor and of
+    the other entries (see the module's docstring), verified by every reader here.
 
     >>> save_file({"w": np.ones(3, np.float32)}, "w.safetensors",
     ...           dtypes={"w": "BF16"})                      # doctest: +SKIP
@@ -303,6 +374,14 @@ def save_file(tensors, path, metadata=None, dtypes=None):
         if not (isinstance(metadata, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
             raise ValueError("metadata must be a dict mapping str to str")
+    if checksums:
+        metadata = dict(metadata or {})
+        if CHECKSUMS in metadata:
+            raise ValueError(f"metadata entry {CHECKSUMS!r} is reserved for the checksums")
+        metadata[CHECKSUMS] = json.dumps({
+            "tensors": {name: _sha256(array) for name, (_, array) in prepared.items()},
+            "metadata": _metadata_sha256(metadata)})
+    if metadata is not None:
         header["__metadata__"] = metadata
     order = sorted(prepared, key=lambda n: (-prepared[n][1].itemsize, n))
     offset = 0

@@ -10,6 +10,7 @@ A tokenizer is saved as a JSON object whose "type" ("char" or "bpe") names its c
 into a tokenizer (checkpoints embed the same object).
 """
 import codecs
+import operator
 
 from ..formats.files import read_json
 from .bpe import BPETokenizer
@@ -63,11 +64,11 @@ def stream_decode(tokenizer, ids):
     token_bytes = getattr(tokenizer, "token_bytes", None)
     if token_bytes is None:
         for i in ids:
-            yield tokenizer.decode([int(i)])
+            yield tokenizer.decode([operator.index(i)])      # an id, never a truncated float
         return
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for i in ids:
-        text = decoder.decode(token_bytes(int(i)))
+        text = decoder.decode(token_bytes(operator.index(i)))
         if text:
             yield text
     tail = decoder.decode(b"", final=True)          # flush: an unfinished character -> U+FFFD

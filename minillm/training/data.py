@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..formats.files import atomic_open
+from ..formats.files import atomic_open, os_error
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "datasets"   # the corpora that ship with minillm
 
@@ -194,10 +194,26 @@ def read_embedded(ds):
 # Loading text
 # ----------------------------------------------------------------------------------------------
 
+MAX_TEXT_BYTES = 1 << 30      # 1 GiB: the ids of a text take 8 bytes a token on top of it
+
+
 def read_text_file(path):
-    """The contents of a UTF-8 text file; errors name the file (and the bad byte offset)."""
+    """The contents of a UTF-8 text file; errors name the file (and the bad byte offset).
+
+    Only a regular file is read (a device such as /dev/zero, a FIFO or a socket could block or
+    never end), and at most MAX_TEXT_BYTES of it."""
     path = Path(path)
-    raw = path.read_bytes()
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device, a FIFO or a socket?); give a "
+                         "UTF-8 text file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TEXT_BYTES + 1)
+    except OSError as e:
+        raise os_error(e, "reading", path) from None
+    if len(raw) > MAX_TEXT_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_TEXT_BYTES:,} bytes, the most minillm "
+                         "reads; give a part of it")
     if not raw:
         raise ValueError(f"{path} is empty; there is nothing to train on")
     try:

@@ -12,10 +12,15 @@
 The loop is ``train_loop``, the same as ``minillm train``'s; only the defaults differ (see
 FinetuneConfig): the weights are already good, so the steps are smaller and the run is short.
 
-    out_dir/checkpoint.safetensors    the fine-tuned model (LoRA: merged), loads like any run
+    out_dir/checkpoint.safetensors    the last state of the fine-tuned model (LoRA: merged),
+                                      loads like any run
+    out_dir/best.safetensors          the model at the lowest validation loss (LoRA: merged)
     out_dir/tokenizer.json            its tokenizer (extended if characters were added)
     out_dir/adapters.safetensors      LoRA only: A and B alone, written at every save
     out_dir/loss.png                  written by the command line at the end
+
+The run holds out_dir (a second run into it is refused) and refuses an out_dir that already
+holds a run unless --overwrite is given; nothing is written before the first save.
 
 >>> config = FinetuneConfig(init_from="out", data="new.txt", out_dir="out-ft", lora_rank=4)
 >>> result = finetune(config)                      # doctest: +SKIP
@@ -27,13 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.fields import check_fields
 from ..core.lora import LoRA, LoRAConfig
 from ..core.model import GPT
 from ..core.optim import AdamW, OptimConfig
-from ..formats.checkpoint import load_model, save_checkpoint
+from ..formats.checkpoint import BEST, TOKENIZER, load_model, run_files, save_checkpoint
+from ..formats.files import lock_folder
 from ..tokenizers import CharTokenizer
 from .data import load_text
-from .train import encode_splits, new_state, train_loop
+from .train import check_memory, encode_splits, new_state, train_loop
 
 ADAPTERS = "adapters.safetensors"
 SCHEDULE = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters")   # set by FinetuneConfig
@@ -50,33 +57,39 @@ class FinetuneConfig:
         "help": "the new text: a UTF-8 file or a dataset name"})
     out_dir: str = field(default=None, metadata={
         "help": "folder for the fine-tuned checkpoint; must differ from --init-from"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "fine-tune into an out_dir that already holds a run (its files are replaced as "
+                "the new run saves)"})
     max_iters: int = field(default=300, metadata={
         "help": "training iterations; a few hundred, because the model only has to adapt and "
-                "longer runs mostly overwrite what it knew"})
-    batch_size: int = field(default=12, metadata={"help": "sequences per batch"})
+                "longer runs mostly overwrite what it knew", "min": 1})
+    batch_size: int = field(default=12, metadata={"help": "sequences per batch", "min": 1})
     learning_rate: float = field(default=3e-4, metadata={
         "help": "peak learning rate, a third of train's 1e-3: the weights are already good and "
                 "big steps would wreck them (LoRA adapters start at zero and want ~10x more, "
-                "e.g. 3e-3)"})
+                "e.g. 3e-3)", "above": 0.0})
     min_lr: float = field(default=3e-5, metadata={
-        "help": "learning rate at the end of the cosine decay, which spans all max_iters"})
+        "help": "learning rate at the end of the cosine decay, which spans all max_iters",
+        "min": 0.0})
     warmup_iters: int = field(default=20, metadata={
         "help": "iterations of linear warmup: AdamW starts without moment estimates, so its "
-                "first steps are noisy; 20 is enough for them to settle (capped at max_iters)"})
+                "first steps are noisy; 20 is enough for them to settle (capped at max_iters)",
+        "min": 0})
     eval_interval: int = field(default=50, metadata={
-        "help": "evaluate every this many iterations (6 points on a 300-iteration curve)"})
-    eval_iters: int = field(default=20, metadata={"help": "batches per evaluation"})
+        "help": "evaluate (and save) every this many iterations (6 points on a 300-iteration "
+                "curve)", "min": 1})
+    eval_iters: int = field(default=20, metadata={"help": "batches per evaluation", "min": 1})
     log_interval: int = field(default=10, metadata={
-        "help": "progress update every this many iterations"})
+        "help": "progress update every this many iterations", "min": 1})
     seed: int = field(default=1337, metadata={
-        "help": "seed of batches, dropout, new rows and adapters"})
+        "help": "seed of batches, dropout, new rows and adapters", "min": 0})
     extend_vocab: bool = field(default=False, metadata={
         "help": "character models: append the new text's unknown characters to the vocabulary "
                 "(new rows of wte ~ N(0, 0.02); existing ids unchanged)"})
     lora_rank: int = field(default=0, metadata={
-        "help": "rank r of LoRA adapters; 0 = full fine-tuning of every weight"})
+        "help": "rank r of LoRA adapters; 0 = full fine-tuning of every weight", "min": 0})
     lora_alpha: float = field(default=16.0, metadata={
-        "help": "LoRA scale numerator: updates are scaled by alpha / r"})
+        "help": "LoRA scale numerator: updates are scaled by alpha / r", "above": 0.0})
     lora_targets: str = field(default=",".join(LoRAConfig().targets), metadata={
         "help": "comma-separated projections that get adapters: attn.c_attn, attn.c_proj, "
                 "mlp.c_fc, mlp.c_proj"})
@@ -86,7 +99,10 @@ class FinetuneConfig:
     export_pretrained: str = field(default=None, metadata={
         "help": "also save the result as a GPT-2 folder here (GPT-2/BPE models only)"})
     sample_tokens: int = field(default=200, metadata={
-        "help": "tokens sampled at the end (0: none)"})
+        "help": "tokens sampled at the end (0: none)", "min": 0})
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -105,22 +121,13 @@ class FinetuneResult:
 
 def check_config(config):
     """ValueError naming the first setting that cannot work (before anything is loaded)."""
+    # (each field's own type and range are checked by FinetuneConfig itself)
     for name in ("init_from", "data", "out_dir"):
         if not getattr(config, name):
             raise ValueError(f"--{name.replace('_', '-')} is required")
-    for name in ("max_iters", "batch_size", "eval_interval", "eval_iters", "log_interval"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, "
-                             f"got {value!r}")
-    if not config.learning_rate > 0 or not 0 <= config.min_lr <= config.learning_rate:
-        raise ValueError(f"need learning_rate > 0 and 0 <= min_lr <= learning_rate, got "
-                         f"{config.learning_rate} and {config.min_lr}")
-    if not isinstance(config.warmup_iters, int) or config.warmup_iters < 0:
-        raise ValueError(f"--warmup-iters must be an integer >= 0, got {config.warmup_iters!r}")
-    if config.lora_rank < 0:
-        raise ValueError(f"--lora-rank must be >= 1 (or 0 for full fine-tuning), "
-                         f"got {config.lora_rank}")
+    if config.min_lr > config.learning_rate:
+        raise ValueError(f"need min_lr <= learning_rate, got {config.min_lr} and "
+                         f"{config.learning_rate}")
     if config.lora_rank:
         lora_config(config)                                       # checks the LoRA settings
     init = Path(config.init_from).expanduser()
@@ -195,12 +202,7 @@ def fit_vocabulary(model, tokenizer, text, extend, rng):
 
 def encode_checked(text, tokenizer, description, block_size):
     """{"train", "val"} token arrays (90% / 10%), checked to hold at least one batch window."""
-    splits = encode_splits(text, tokenizer)
-    if len(splits["val"]) <= block_size:
-        raise ValueError(f"{description} is too short: its last tenth (the validation part) has "
-                         f"{len(splits['val'])} tokens, but windows of block_size {block_size} "
-                         f"need {block_size + 1}; give at least {10 * (block_size + 2)} tokens")
-    return splits
+    return encode_splits(text, tokenizer, block_size, description)
 
 
 def finetune(config, optim_config=None, log=print, progress=None):
@@ -213,7 +215,15 @@ def finetune(config, optim_config=None, log=print, progress=None):
     """
     check_config(config)
     optim_config = schedule_config(config, optim_config)
-    out_dir = Path(config.out_dir)
+    with lock_folder(config.out_dir) as out_dir:
+        found = run_files(out_dir)
+        if found and not config.overwrite:
+            raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}); give "
+                             "--overwrite to replace it, or another --out-dir")
+        return _finetune(config, optim_config, log, progress, out_dir)
+
+
+def _finetune(config, optim_config, log, progress, out_dir):
     # 1. the base model, and the new text encoded with its tokenizer (all checked before training)
     model, tokenizer, kind = load_model(config.init_from)
     log(f"base: {config.init_from} "
@@ -243,6 +253,8 @@ def finetune(config, optim_config=None, log=print, progress=None):
         "tokens")
 
     # 2. what is trained: adapters A and B next to frozen weights, or a copy of every weight
+    check_memory(model.config, config.batch_size, copies=2 if config.lora_rank else 5,
+                 what="fine-tuning")                # LoRA: base + merged; full: base + 4 copies
     if config.lora_rank:
         lora = LoRA(model, lora_config(config), rng=np.random.default_rng((config.seed, 2)))
         trained, params = lora, lora.adapters                  # AdamW sees A and B only
@@ -265,22 +277,25 @@ def finetune(config, optim_config=None, log=print, progress=None):
     configs = {"finetune": asdict(config), "optim": asdict(optim_config),
                "lora": asdict(lora.config) if lora else None, "added_chars": added}
 
-    def save(state):
+    def current():                     # the model being trained, as a plain GPT
+        return lora.merge() if lora is not None else trained
+
+    def save(state):                   # the last state (LoRA: merged, and the adapters alone)
         if lora is not None:
             lora.save(out_dir / ADAPTERS)
-        else:
-            save_checkpoint(out_dir, trained, tokenizer, state={**state, "configs": configs})
+        save_checkpoint(out_dir, current(), tokenizer, state={**state, "configs": configs})
+        tokenizer.save(out_dir / TOKENIZER)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(out_dir / "tokenizer.json")
+    def save_best(state):              # the model at the lowest validation loss
+        save_checkpoint(out_dir, current(), tokenizer, state={**state, "configs": configs},
+                        name=BEST)
+
     t0 = time.perf_counter()
     state = train_loop(trained, optimizer, splits, config, optim_config, state, save,
-                       progress=progress, block_size=T)
+                       progress=progress, block_size=T, save_best=save_best)
     seconds = time.perf_counter() - t0
     # 4. the result: LoRA's W + (alpha / r) A @ B merged into a plain GPT, loadable like any run
-    final = lora.merge() if lora is not None else trained
-    if lora is not None:
-        save_checkpoint(out_dir, final, tokenizer, state={**state, "configs": configs})
+    final = current()
     if config.export_pretrained:
         final.save_pretrained(config.export_pretrained, tokenizer)
         log(f"exported a GPT-2 folder to {config.export_pretrained}")

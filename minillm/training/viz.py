@@ -6,7 +6,11 @@
 
 Each function returns the matplotlib Figure, so notebooks show it and scripts can save it.
 """
+from pathlib import Path
+
 import numpy as np
+
+from ..formats.files import atomic_open
 
 
 def _pyplot():
@@ -38,7 +42,8 @@ def plot_losses(history, path=None, title="minillm training", labels=None):
     ax.legend()
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        with atomic_open(path, "wb") as f:                       # never half a picture
+            fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
         plt.close(fig)
     return fig
 
