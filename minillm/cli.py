@@ -1,4 +1,4 @@
-"""The command line: ``python -m minillm train | sample | finetune | export``.
+"""The command line: ``python -m minillm train | sample | finetune | export | grade``.
 
 Options are built from the dataclass configs (GPTConfig, OptimConfig, TrainConfig, ...): one
 ``--flag`` per field, with the field's default, help text and (where the field lists them)
@@ -24,6 +24,7 @@ from .core.config import GPTConfig
 from .core.fields import check_fields, option_type
 from .core.optim import OptimConfig
 from .core.sampling import generate
+from .exercises.grade import GradeConfig, grade_command
 from .formats.checkpoint import describe_run, load_model
 from .formats.files import lock_folder, os_error
 from .tokenizers import BPETokenizer, CharTokenizer, stream_decode
@@ -192,6 +193,11 @@ def cmd_export(args):
     return 0
 
 
+def cmd_grade(args):
+    return grade_command(args.paths, config_from_args(GradeConfig, args), sys.stdout,
+                         progress=sys.stderr)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minillm", description="Train a GPT written in NumPy, sample from it, fine-tune it.")
@@ -217,6 +223,12 @@ def build_parser():
                        formatter_class=formatter)
     add_config_args(p, ExportConfig, title="export")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("grade", help="run exercise notebooks and tabulate their checks (see "
+                       "exercises/README.md)", formatter_class=formatter)
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="handed-in notebooks, or folders of them")
+    add_config_args(p, GradeConfig, title="grading")
+    p.set_defaults(func=cmd_grade)
     return parser
 
 

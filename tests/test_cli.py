@@ -12,7 +12,7 @@ from minillm.cli import build_parser, main
 from minillm.formats.checkpoint import save_checkpoint
 
 
-@pytest.mark.parametrize("command", ["train", "sample", "finetune", "export"])
+@pytest.mark.parametrize("command", ["train", "sample", "finetune", "export", "grade"])
 def test_help_shows_each_default_once(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([command, "--help"])
