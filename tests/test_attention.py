@@ -91,7 +91,7 @@ def test_kv_cache_continues_where_it_left_off(rng):
     x = rng.normal(size=(B, T, C))
     params = [rng.normal(scale=0.5, size=s) for s in [(C, 3 * C), (3 * C,), (C, C), (C,)]]
     full, _ = mha_forward(x, *params, n_head=nh)
-    kv_cache = KVCache(n_layer=1, B=B, n_head=nh, max_T=T, head_size=C // nh, dtype=np.float64)
+    kv_cache = KVCache(n_layer=1, B=B, n_kv_head=nh, max_T=T, head_size=C // nh, dtype=np.float64)
     first, _ = mha_forward(x[:, :4], *params, n_head=nh, kv_cache=kv_cache)
     kv_cache.length = 4
     rest, cache = mha_forward(x[:, 4:], *params, n_head=nh, kv_cache=kv_cache)

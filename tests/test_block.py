@@ -26,15 +26,15 @@ def test_mlp(rng):
 def test_block(rng, dropout):
     C, nh = 6, 2
     x = rng.normal(size=(2, 4, C))
-    p = {k: rng.normal(scale=0.5, size=s)
-         for k, s in block_param_shapes(GPTConfig(n_embd=C, n_head=nh)).items()}
+    config = GPTConfig(n_embd=C, n_head=nh, dropout=dropout)
+    p = {k: rng.normal(scale=0.5, size=s) for k, s in block_param_shapes(config).items()}
 
     def forward():
-        return block_forward(x, p, nh, dropout=dropout, rng=np.random.default_rng(3), train=True)
+        return block_forward(x, p, config, rng=np.random.default_rng(3), train=True)
 
     out, cache = forward()
     w = rng.normal(size=out.shape)
-    dx, grads = block_backward(w, cache)
+    dx, grads = block_backward(w, cache, config)
     assert sorted(grads) == sorted(p)
     assert check_grad(lambda: dot_loss(forward()[0], w), x, dx) < BOUND
     assert_small(grad_errors(lambda: dot_loss(forward()[0], w), p, grads))

@@ -26,7 +26,9 @@ def test_train_help_lists_the_choices(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     text = capsys.readouterr().out
-    assert "{learned,sinusoidal}" in text and "{float32,float64}" in text and "{char,bpe}" in text
+    assert "{learned,sinusoidal,rope}" in text and "{float32,float64}" in text
+    assert "{char,bpe}" in text and "{layernorm,rmsnorm}" in text and "{gelu,swiglu}" in text
+    assert "{gpt2,llama}" in text and "--n-kv-head" in text and "--no-tie-embeddings" in text
 
 
 @pytest.mark.parametrize("args, message", [

@@ -51,7 +51,7 @@ def test_layernorm(rng):
 def test_layernorm_cache_is_minimal(rng):
     x = rng.normal(size=(2, 3, 6))
     out, cache = layernorm_forward(x, np.ones(6), np.zeros(6))
-    assert cache._fields == ("x", "weight", "mean", "rstd")
+    assert cache._fields == ("x", "weight", "mean", "rstd", "has_bias")
     assert cache.mean.shape == cache.rstd.shape == (2, 3, 1)
     assert np.allclose(out.mean(-1), 0) and np.allclose(out.var(-1), 1, atol=1e-4)
 

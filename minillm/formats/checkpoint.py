@@ -1,4 +1,5 @@
-"""Models on disk: minillm's training checkpoints, and Hugging Face GPT-2 folders as models.
+"""Models on disk: minillm's training checkpoints, and Hugging Face GPT-2 and Llama folders
+as models.
 
 A training run keeps everything in one safetensors file:
 
@@ -14,7 +15,8 @@ safetensors writer does) swaps a complete checkpoint for another: a run killed m
 its last good checkpoint.
 
 ``load_model(path)`` reads either kind of folder, so every command that starts from a model
-(``sample``, ``finetune``) accepts both.
+(``sample``, ``finetune``) accepts both. A checkpoint written before a config field existed
+loads with that field's default (the GPT-2 block).
 """
 import json
 from dataclasses import dataclass
@@ -81,7 +83,8 @@ def load_checkpoint(path, dtype=None):
     meta = safetensors.read_metadata(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is a safetensors file but not a minillm checkpoint "
-                         f"(format {meta.get('format')!r}); for a GPT-2 folder use --pretrained")
+                         f"(format {meta.get('format')!r}); for a Hugging Face folder use "
+                         "--pretrained")
     try:
         config = json.loads(meta["model_config"])
         tokenizer = json.loads(meta["tokenizer"])
@@ -108,7 +111,7 @@ def load_checkpoint(path, dtype=None):
 
 
 def load_pretrained(folder, dtype="float32"):
-    """Load a Hugging Face GPT-2 folder -> (GPT, BPETokenizer or None).
+    """Load a Hugging Face GPT-2 or Llama folder -> (GPT, BPETokenizer or None).
 
     The same as ``GPT.from_pretrained(folder)`` with the tokenizer handed back beside the model.
 
@@ -119,7 +122,8 @@ def load_pretrained(folder, dtype="float32"):
 
 
 def load_model(path):
-    """(model, tokenizer, kind) from a minillm run folder ("minillm") or a GPT-2 folder ("gpt2").
+    """(model, tokenizer, kind) from a minillm run folder ("minillm") or a Hugging Face GPT-2
+    ("gpt2") or Llama ("llama") folder.
 
     >>> model, tokenizer, kind = load_model("out")                         # doctest: +SKIP
     """
@@ -132,6 +136,6 @@ def load_model(path):
         if tokenizer is None:
             raise FileNotFoundError(f"{path} has no vocab.json/merges.txt, so its text cannot be "
                                     "encoded; copy the tokenizer files of the model next to it")
-        return model, tokenizer, "gpt2"
+        return model, tokenizer, "llama" if model.config.pos_encoding == "rope" else "gpt2"
     raise FileNotFoundError(f"{path} is neither a minillm checkpoint folder ({CHECKPOINT}) nor a "
-                            "GPT-2 folder (config.json + model.safetensors)")
+                            "Hugging Face folder (config.json + model.safetensors)")
