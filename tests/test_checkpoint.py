@@ -1,10 +1,13 @@
 """Training checkpoints (minillm/formats/checkpoint.py): what a run saves, refused when damaged
 or not matching the model, and load_model reading either kind of folder."""
+import json
+
 import numpy as np
 import pytest
 
 from minillm import GPT, BPETokenizer, CharTokenizer, GPTConfig
 from minillm.cli import main
+from minillm.formats import safetensors
 from minillm.formats.checkpoint import CHECKPOINT, load_checkpoint, load_model, save_checkpoint
 from minillm.core.optim import AdamW
 
@@ -58,6 +61,32 @@ def test_checkpoint_that_does_not_match_the_model(run, tmp_path):
         load_checkpoint(tmp_path / "bad")
 
 
+
+def test_llama_style_checkpoint_round_trip(tmp_path):
+    config = GPTConfig.llama(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    model, tokenizer = GPT(config, seed=3), CharTokenizer.from_text("abcdefghijklmnopqrst")
+    save_checkpoint(tmp_path, model, tokenizer)
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.model.config == config and list(ckpt.model.params) == list(model.params)
+    idx = np.array([[1, 2, 3]])
+    np.testing.assert_array_equal(ckpt.model.forward(idx), model.forward(idx))
+
+
+def test_checkpoint_of_an_older_version_loads_with_the_old_defaults(run):
+    """A checkpoint written before the Llama-style options existed has none of them in its
+    model_config: it loads as the GPT-2 block it is."""
+    folder, model, _ = run
+    path = folder / CHECKPOINT
+    meta = safetensors.read_metadata(path)
+    old = {k: v for k, v in json.loads(meta["model_config"]).items()
+           if k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
+                    "pos_encoding", "dtype")}
+    tensors = safetensors.load_file(path)
+    safetensors.save_file(tensors, path, metadata={**meta, "model_config": json.dumps(old)})
+    ckpt = load_checkpoint(folder)
+    assert ckpt.model.config == model.config == GPTConfig(**old)
+    np.testing.assert_array_equal(ckpt.model.forward(np.array([[1, 2]])),
+                                  model.forward(np.array([[1, 2]])))
 
 
 def test_load_model_reads_both_kinds_of_folder(run, tmp_path):

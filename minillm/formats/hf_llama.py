@@ -77,15 +77,17 @@ def config_from_llama(hf, dtype="float32", path="config.json"):
     act = hf.get("hidden_act", "silu")
     if act not in SILU_NAMES:
         raise bad(f"hidden_act is {act!r}; minillm's SwiGLU uses SiLU ('silu')")
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise bad(f"rope_type is {rope_type!r}; minillm implements only the default (unscaled) "
-                  "rotary positions")
+    for rope in (hf.get("rope_parameters"), hf.get("rope_scaling")):   # 5.x, 4.x
+        rope_type = (rope or {}).get("rope_type", (rope or {}).get("type", "default"))
+        if rope_type != "default":
+            raise bad(f"rope_type is {rope_type!r}; minillm implements only the default "
+                      "(unscaled) rotary positions")
+    rope = hf.get("rope_parameters") or {}
     n_head, C = hf["num_attention_heads"], hf["hidden_size"]
     n_kv = hf.get("num_key_value_heads") or n_head
     head_dim = hf.get("head_dim")
-    if head_dim is not None and isinstance(n_head, int) and n_head > 0 and head_dim * n_head != C:
+    if head_dim is not None and isinstance(n_head, int) and isinstance(C, int) and n_head > 0 \
+            and head_dim * n_head != C:
         raise bad(f"head_dim is {head_dim}, not hidden_size / num_attention_heads; minillm's "
                   "heads split the channels evenly")
     if bool(hf.get("attention_bias", False)) != bool(hf.get("mlp_bias", False)):
