@@ -67,7 +67,7 @@ def test_whole_model_gradient_check_of_every_configuration(name):
     rng = np.random.default_rng(0)
     config = GPTConfig(**{**TINY, "n_head": 4, "rope_theta": 10.0, **CONFIGS[name]})
     model = GPT(config, seed=1)
-    perturb(model, rng)
+    perturb(model, rng, 0.2)          # (0.3 curves some of these enough for h^2 errors ~ 1e-7)
     idx, targets = tiny_batch(rng)
     targets[0, 2] = -1
 

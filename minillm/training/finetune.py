@@ -158,7 +158,8 @@ def list_chars(chars, limit=20):
 
 
 def add_token_rows(model, n_new, rng):
-    """A new GPT with ``n_new`` rows appended to the token embedding wte (V, C) -> (V + n, C).
+    """A new GPT with ``n_new`` rows appended to the token embedding wte (V, C) -> (V + n, C)
+    (and to an untied output layer lm_head, of the same shape).
 
     The rows are drawn N(0, 0.02) (GPT-2's initialisation) in float64, then cast to the model's
     dtype; old rows, and every other array, are the model's own (``model`` is not changed).
@@ -168,10 +169,14 @@ def add_token_rows(model, n_new, rng):
     >>> add_token_rows(m, 2, np.random.default_rng(0)).params["wte.weight"].shape
     (7, 4)
     """
-    wte = model.params["wte.weight"]
-    rows = rng.normal(0.0, 0.02, size=(n_new, wte.shape[1])).astype(wte.dtype)
-    config = replace(model.config, vocab_size=wte.shape[0] + n_new)
-    return GPT(config, params={**model.params, "wte.weight": np.concatenate([wte, rows])})
+    params = dict(model.params)
+    for name in ("wte.weight", "lm_head.weight"):
+        if name in params:
+            table = params[name]
+            rows = rng.normal(0.0, 0.02, size=(n_new, table.shape[1])).astype(table.dtype)
+            params[name] = np.concatenate([table, rows])
+    config = replace(model.config, vocab_size=model.config.vocab_size + n_new)
+    return GPT(config, params=params)
 
 
 def fit_vocabulary(model, tokenizer, text, extend, rng):
