@@ -35,6 +35,27 @@ from .training.train import TrainConfig, TrainingDiverged, train
 from .training.viz import plot_losses
 
 
+def _given(namespace, dest):
+    """Note that the option ``dest`` was written on the command line (see ``explicit_args``)."""
+    namespace.given_options = getattr(namespace, "given_options", frozenset()) | {dest}
+
+
+class Store(argparse.Action):
+    """argparse's plain store action, remembering that the option was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _given(namespace, self.dest)
+
+
+class StoreBool(argparse.BooleanOptionalAction):
+    """--flag / --no-flag, remembering that the option was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _given(namespace, self.dest)
+
+
 def add_config_args(parser, cls, skip=(), title=None):
     """Add one --flag per field of the dataclass ``cls`` (booleans become --flag/--no-flag)."""
     group = parser.add_argument_group(title or cls.__name__)
@@ -44,10 +65,11 @@ def add_config_args(parser, cls, skip=(), title=None):
         flag = "--" + f.name.replace("_", "-")
         options = dict(dest=f.name, default=f.default, help=f.metadata.get("help", ""))
         if f.type is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            group.add_argument(flag, action=StoreBool, **options)
         else:
-            group.add_argument(flag, type=option_type(f), choices=f.metadata.get("choices"),
-                               **options)
+            group.add_argument(flag, action=Store, type=option_type(f),
+                               choices=f.metadata.get("choices"), **options)
+    return group
 
 
 def config_from_args(cls, args, **overrides):
@@ -56,14 +78,29 @@ def config_from_args(cls, args, **overrides):
     return cls(**{**values, **overrides})
 
 
+def explicit_args(cls, args):
+    """{field: value} of the fields of ``cls`` written on the command line (not defaulted)."""
+    given = getattr(args, "given_options", frozenset())
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name in given}
+
+
+PRESETS = {"gpt2": GPTConfig, "llama": GPTConfig.llama}   # name -> GPTConfig(**options)
+
+
+def model_config_from_args(args):
+    """The GPTConfig of ``train``: the preset's values, then every option given explicitly."""
+    return PRESETS[args.preset](**explicit_args(GPTConfig, args))
+
+
 @dataclasses.dataclass
 class SampleConfig:
     """How to continue a prompt."""
     ckpt: str = dataclasses.field(default=None, metadata={
-        "help": "the model: a minillm run folder, or a GPT-2 folder in the Hugging Face layout "
+        "help": "the model: a minillm run folder, or a GPT-2 or Llama folder in the Hugging "
+                "Face layout "
                 "(config.json, model.safetensors, vocab.json, merges.txt)"})
     pretrained: str = dataclasses.field(default=None, metadata={
-        "help": "a GPT-2 folder (the same as --ckpt with such a folder)"})
+        "help": "a GPT-2 or Llama folder (the same as --ckpt with such a folder)"})
     prompt: str = dataclasses.field(default="\n", metadata={"help": "text to continue"})
     max_new_tokens: int = dataclasses.field(default=500, metadata={
         "help": "tokens to generate", "min": 0})
@@ -79,6 +116,9 @@ class SampleConfig:
         "help": "seed of the sampling generator", "min": 0})
     kv_cache: bool = dataclasses.field(default=True, metadata={
         "help": "reuse keys/values of earlier positions"})
+    rolling_cache: bool = dataclasses.field(default=False, metadata={
+        "help": "past the context length, keep the last block_size positions' keys and values "
+                "instead of recomputing the window (rotary positions only; faster, not exact)"})
 
     def __post_init__(self):
         check_fields(self)
@@ -91,7 +131,8 @@ def sample_text(model, tokenizer, config, out=None):
     ids = tokenizer.encode(config.prompt)
     tokens = generate(model, ids, config.max_new_tokens, temperature=config.temperature,
                       top_k=config.top_k, top_p=config.top_p, greedy=config.greedy,
-                      rng=np.random.default_rng(config.seed), use_cache=config.kv_cache)
+                      rng=np.random.default_rng(config.seed), use_cache=config.kv_cache,
+                      rolling=config.rolling_cache)
     first = next(tokens, None)            # runs generate's checks and draws the first token
     tokens = itertools.chain([] if first is None else [first], tokens)
     pieces = []
@@ -117,7 +158,7 @@ def sample_prompt(tokenizer):
 
 def cmd_train(args):
     run = config_from_args(TrainConfig, args)
-    model_config = config_from_args(GPTConfig, args)
+    model_config = model_config_from_args(args)
     optim_config = config_from_args(OptimConfig, args)
     with lock_folder(run.out_dir):          # held until the loss curve is drawn, too
         result = train(run, model_config, optim_config)
@@ -139,8 +180,8 @@ def cmd_train(args):
 def cmd_sample(args):
     config = config_from_args(SampleConfig, args)
     if (config.ckpt is None) == (config.pretrained is None):
-        raise ValueError("give exactly one of --ckpt DIR (a minillm run or a GPT-2 folder) or "
-                         "--pretrained DIR (a GPT-2 folder)")
+        raise ValueError("give exactly one of --ckpt DIR (a minillm run or a Hugging Face folder) "
+                         "or --pretrained DIR (a GPT-2 or Llama folder)")
     model, tokenizer, _ = load_model(config.ckpt or config.pretrained,
                                      log=lambda line: print(f"sampling {line}", file=sys.stderr))
     sample_text(model, tokenizer, config)
@@ -186,10 +227,12 @@ def cmd_export(args):
         raise ValueError("give --ckpt DIR (a minillm run) and --out-dir DIR (the new folder)")
     model, tokenizer, _ = load_model(config.ckpt)
     if not isinstance(tokenizer, BPETokenizer):
-        raise ValueError(f"{config.ckpt} has a {type(tokenizer).__name__}; a Hugging Face GPT-2 "
+        raise ValueError(f"{config.ckpt} has a {type(tokenizer).__name__}; a Hugging Face "
                          "folder needs a byte-level BPE tokenizer (train with --tokenizer bpe)")
     model.save_pretrained(config.out_dir, tokenizer)
-    print(f"wrote {config.out_dir}/ (config.json, model.safetensors, vocab.json, merges.txt)")
+    kind = "Llama" if model.config.pos_encoding == "rope" else "GPT-2"
+    print(f"wrote {config.out_dir}/, a {kind} folder (config.json, model.safetensors, vocab.json, "
+          "merges.txt)")
     return 0
 
 
@@ -207,19 +250,26 @@ def build_parser():
     p = sub.add_parser("train", help="train a GPT on a text (characters or BPE tokens)",
                        formatter_class=formatter)
     add_config_args(p, TrainConfig, title="run")
-    add_config_args(p, GPTConfig, skip=("vocab_size",), title="model")
+    model = add_config_args(p, GPTConfig, skip=("vocab_size",), title="model")
+    model.add_argument("--preset", choices=sorted(PRESETS), default="gpt2", help=(
+        "the block to start from: gpt2 (the defaults below) or llama (GPTConfig.llama: "
+        "--norm rmsnorm --pos-encoding rope --mlp swiglu --no-bias --no-tie-embeddings "
+        "--n-kv-head n_head/2); the options given explicitly apply on top"))
     add_config_args(p, OptimConfig, title="optimizer")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("sample", help="generate text from a minillm run or a GPT-2 folder",
+    p = sub.add_parser("sample", help="generate text from a minillm run or a Hugging Face "
+                       "folder",
                        formatter_class=formatter)
     add_config_args(p, SampleConfig, title="sampling")
     p.set_defaults(func=cmd_sample)
-    p = sub.add_parser("finetune", help="continue training a saved model (or a GPT-2 folder) on a "
+    p = sub.add_parser("finetune", help="continue training a saved model (or a GPT-2 or Llama "
+                       "folder) on a "
                        "new text, fully or with LoRA adapters", formatter_class=formatter)
     add_config_args(p, FinetuneConfig, title="fine-tuning")
     add_config_args(p, OptimConfig, skip=SCHEDULE, title="optimizer")
     p.set_defaults(func=cmd_finetune)
-    p = sub.add_parser("export", help="write a minillm run as a Hugging Face GPT-2 folder",
+    p = sub.add_parser("export", help="write a minillm run as a Hugging Face folder (GPT-2 "
+                       "or Llama, as its block)",
                        formatter_class=formatter)
     add_config_args(p, ExportConfig, title="export")
     p.set_defaults(func=cmd_export)

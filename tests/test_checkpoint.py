@@ -220,6 +220,34 @@ def test_a_saved_checkpoint_has_checksums_of_every_tensor_and_the_metadata(run):
     assert set(sums["tensors"]) == set(safetensors.read_header(run[0] / CHECKPOINT))
     assert len(sums["metadata"]) == 64
 
+def test_llama_style_checkpoint_round_trip(tmp_path):
+    config = GPTConfig.llama(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    model, tokenizer = GPT(config, seed=3), CharTokenizer.from_text("abcdefghijklmnopqrst")
+    save_checkpoint(tmp_path, model, tokenizer)
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.model.config == config and list(ckpt.model.params) == list(model.params)
+    idx = np.array([[1, 2, 3]])
+    np.testing.assert_array_equal(ckpt.model.forward(idx), model.forward(idx))
+
+
+def test_checkpoint_of_an_older_version_loads_with_the_old_defaults(run):
+    """A checkpoint written before the Llama-style options existed has none of them in its
+    model_config: it loads as the GPT-2 block it is."""
+    folder, model, _ = run
+    path = folder / CHECKPOINT
+    meta = safetensors.read_metadata(path)
+    old = {k: v for k, v in json.loads(meta["model_config"]).items()
+           if k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
+                    "pos_encoding", "dtype")}
+    tensors = safetensors.load_file(path)
+    meta = {k: v for k, v in meta.items() if k != safetensors.CHECKSUMS}
+    safetensors.save_file(tensors, path, metadata={**meta, "model_config": json.dumps(old)},
+                          checksums=True)
+    ckpt = load_checkpoint(folder)
+    assert ckpt.model.config == model.config == GPTConfig(**old)
+    np.testing.assert_array_equal(ckpt.model.forward(np.array([[1, 2]])),
+                                  model.forward(np.array([[1, 2]])))
+
 
 def test_load_model_reads_both_kinds_of_folder(run, tmp_path):
     folder, model, _ = run

@@ -279,3 +279,12 @@ def test_best_and_last_are_saved_as_named(base, tmp_path):
         row[2] for row in result.state["history"]["eval"])
     for k, v in result.model.params.items():              # the last state is the merged model
         np.testing.assert_array_equal(last.model.params[k], v)
+
+
+def test_add_token_rows_grows_an_untied_output_layer_too():
+    from minillm import GPT
+    m = GPT(GPTConfig.llama(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=4))
+    grown = add_token_rows(m, 2, np.random.default_rng(0))
+    assert grown.params["wte.weight"].shape == grown.params["lm_head.weight"].shape == (7, 4)
+    np.testing.assert_array_equal(grown.params["lm_head.weight"][:5], m.params["lm_head.weight"])
+    assert grown.forward(np.array([[6, 1]])).shape == (1, 2, 7)

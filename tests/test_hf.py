@@ -169,11 +169,11 @@ def test_untied_lm_head_is_refused(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"activation_function": "relu"}, "activation_function is 'relu'"),
     ({"activation_function": "gelu"}, "activation_function is 'gelu'"),      # the exact erf GELU
-    ({"layer_norm_epsilon": 1e-6}, "layer_norm_epsilon is 1e-06"),
+    ({"layer_norm_epsilon": 0.0}, r"norm_eps must be a number in \(0, 1\)"),
     ({"tie_word_embeddings": False}, "tie_word_embeddings is false"),
     ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx is true"),
-    ({"n_inner": 32}, "n_inner is 32"),
-    ({"model_type": "llama"}, "model_type is 'llama'"),
+    ({"n_inner": -32}, "intermediate_size must be an integer >= 0"),
+    ({"model_type": "bert"}, "model_type is 'bert'; minillm reads GPT-2 and Llama"),
     ({"n_head": 3}, "divisible by n_head"),
     ({"n_embd": None}, "n_embd must be an integer >= 1"),
     ({"n_layer": "2"}, "n_layer must be an integer >= 1, got '2'"),

@@ -17,7 +17,8 @@ from minillm.core.layers import (cross_entropy_backward, cross_entropy_forward, 
                                  gelu_backward, gelu_forward, gelu_fused_backward,
                                  gelu_fused_forward, layernorm_backward, layernorm_forward,
                                  linear_backward, linear_forward, position_embedding_backward,
-                                 position_embedding_forward, sinusoidal_encoding,
+                                 position_embedding_forward, rmsnorm_backward, rmsnorm_forward,
+                                 silu_backward, silu_forward, sinusoidal_encoding,
                                  softmax_backward, softmax_forward)
 
 BOUND = 1e-8
@@ -51,9 +52,48 @@ def test_layernorm(rng):
 def test_layernorm_cache_is_minimal(rng):
     x = rng.normal(size=(2, 3, 6))
     out, cache = layernorm_forward(x, np.ones(6), np.zeros(6))
-    assert cache._fields == ("x", "weight", "mean", "rstd")
+    assert cache._fields == ("x", "weight", "mean", "rstd", "has_bias")
     assert cache.mean.shape == cache.rstd.shape == (2, 3, 1)
     assert np.allclose(out.mean(-1), 0) and np.allclose(out.var(-1), 1, atol=1e-4)
+
+
+def test_layernorm_without_bias(rng):
+    x, w = rng.normal(loc=0.5, scale=2.0, size=(2, 3, 6)), rng.normal(size=6)
+    out, cache = layernorm_forward(x, w, None)
+    np.testing.assert_array_equal(out, layernorm_forward(x, w, np.zeros(6))[0])
+    assert layernorm_backward(np.ones_like(out), cache)[2] is None
+    assert_small(layer_grad_errors(lambda x, w: layernorm_forward(x, w, None),
+                                   lambda d, c: layernorm_backward(d, c)[:2], [x, w], rng))
+
+
+def test_rmsnorm(rng):
+    x, w = rng.normal(loc=0.5, scale=2.0, size=(2, 3, 6)), rng.normal(size=6)
+    errors = layer_grad_errors(lambda x, w: rmsnorm_forward(x, w, eps=1e-5), rmsnorm_backward,
+                               [x, w], rng, names=["x", "weight"])
+    assert_small(errors)
+
+
+def test_rmsnorm_formula_and_what_it_leaves_alone(rng):
+    x, w = rng.normal(loc=3.0, size=(4, 8)), rng.normal(size=8)
+    out, cache = rmsnorm_forward(x, w, eps=1e-6)
+    rms = np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(out, x / rms * w, rtol=1e-13)
+    assert cache._fields == ("x", "weight", "rstd") and cache.rstd.shape == (4, 1)
+    unit, _ = rmsnorm_forward(x, np.ones(8), eps=0.0)
+    np.testing.assert_allclose(np.mean(unit ** 2, axis=-1), 1.0, rtol=1e-13)   # unit rms ...
+    assert np.abs(unit.mean(axis=-1)).min() > 0.5        # ... but the mean is kept (no centring)
+    np.testing.assert_allclose(rmsnorm_forward(5.0 * x, w, eps=0.0)[0],
+                               rmsnorm_forward(x, w, eps=0.0)[0], rtol=1e-13)   # scale-free
+
+
+def test_silu(rng):
+    x = rng.normal(scale=3.0, size=(3, 7))
+    assert_small(layer_grad_errors(silu_forward, silu_backward, [x], rng))
+    np.testing.assert_allclose(silu_forward(x)[0], x / (1.0 + np.exp(-x)), rtol=1e-13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        far = silu_forward(np.array([-1000.0, 1000.0], dtype=np.float32))[0]
+    assert far[0] == 0.0 and far[1] == 1000.0
 
 
 @pytest.mark.parametrize("forward, backward", [(gelu_forward, gelu_backward),
@@ -195,14 +235,17 @@ def test_cross_entropy_with_ignored_targets(rng):
         cross_entropy_forward(logits, np.full((2, 4), -1))
 
 
-@pytest.mark.parametrize("layer", ["linear", "layernorm", "gelu", "gelu_fused", "softmax"])
+@pytest.mark.parametrize("layer", ["linear", "layernorm", "rmsnorm", "gelu", "gelu_fused",
+                                   "silu", "softmax"])
 def test_float32_stays_float32(rng, layer):
     f = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
     x = f(2, 3, 4)
     cases = {
         "linear": (linear_forward, linear_backward, [x, f(4, 5), f(5)]),
         "layernorm": (layernorm_forward, layernorm_backward, [x, f(4), f(4)]),
+        "rmsnorm": (rmsnorm_forward, rmsnorm_backward, [x, f(4)]),
         "gelu": (gelu_forward, gelu_backward, [x]),
+        "silu": (silu_forward, silu_backward, [x]),
         "gelu_fused": (gelu_fused_forward, gelu_fused_backward, [x]),
         "softmax": (softmax_forward, softmax_backward, [x]),
     }

@@ -20,8 +20,8 @@ def randomize(arrays, rng, scale=0.3):
         a += rng.normal(scale=scale, size=a.shape).astype(a.dtype)
 
 
-def tiny_lora(rank=2, targets=TARGETS, dtype="float64", dropout=0.0, n_embd=8, seed=0):
-    cfg = GPTConfig(**{**TINY, "dtype": dtype, "dropout": dropout, "n_embd": n_embd})
+def tiny_lora(rank=2, targets=TARGETS, dtype="float64", dropout=0.0, n_embd=8, seed=0, **block):
+    cfg = GPTConfig(**{**TINY, "dtype": dtype, "dropout": dropout, "n_embd": n_embd, **block})
     model = GPT(cfg, seed=1)
     return LoRA(model, LoRAConfig(rank=rank, alpha=3.0, targets=targets),
                 rng=np.random.default_rng(seed))
@@ -88,10 +88,15 @@ def test_two_path_and_merged_forms_agree():
 
 # -- the whole model ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_whole_model_gradient_check_of_every_adapter(dropout):
+LLAMA = dict(norm="rmsnorm", pos_encoding="rope", mlp="swiglu", bias=False, n_kv_head=1,
+             tie_embeddings=False)
+
+
+@pytest.mark.parametrize("dropout, block", [(0.0, {}), (0.1, {}), (0.0, LLAMA)],
+                         ids=["gpt2", "gpt2-dropout", "llama"])
+def test_whole_model_gradient_check_of_every_adapter(dropout, block):
     rng = np.random.default_rng(3)
-    lora = tiny_lora(dropout=dropout)
+    lora = tiny_lora(dropout=dropout, **block)
     randomize(lora.model.params, rng)
     randomize(lora.adapters, rng)
     idx, targets = rng.integers(0, 11, size=(2, 5)), rng.integers(0, 11, size=(2, 5))

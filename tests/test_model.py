@@ -1,10 +1,12 @@
-"""The whole GPT: parameter names, initialisation, gradient check of every parameter, invariants."""
+"""The whole GPT: parameter names, initialisation, gradient check of every parameter (GPT-2's
+block and Llama-style configurations), invariants, KV caches."""
 import math
 
 import numpy as np
 import pytest
 
 from minillm import GPT, GPTConfig
+from minillm.core.config import param_shapes
 from minillm.core.gradcheck import grad_errors
 
 TINY = dict(vocab_size=11, block_size=5, n_layer=2, n_head=2, n_embd=8, dtype="float64")
@@ -44,6 +46,44 @@ def test_whole_model_gradient_check(pos_encoding, dropout):
         assert err < limit, f"{name}: {err:.2e}"
 
 
+# A representative set of the configurations: every option value appears, with others varied.
+CONFIGS = {
+    "llama": dict(norm="rmsnorm", pos_encoding="rope", mlp="swiglu", n_kv_head=2, bias=False,
+                  tie_embeddings=False),
+    "rms-learned-gelu-mqa-bias-untied": dict(norm="rmsnorm", n_kv_head=1, tie_embeddings=False),
+    "ln-rope-swiglu-mqa-nobias-tied": dict(pos_encoding="rope", mlp="swiglu", n_kv_head=1,
+                                           bias=False),
+    "ln-sin-swiglu-gqa-bias-untied": dict(pos_encoding="sinusoidal", mlp="swiglu", n_kv_head=2,
+                                          tie_embeddings=False, intermediate_size=6),
+    "rms-sin-gelu-mha-nobias-tied": dict(norm="rmsnorm", pos_encoding="sinusoidal", bias=False),
+    "rms-rope-gelu-mha-bias-dropout": dict(norm="rmsnorm", pos_encoding="rope", dropout=0.1),
+    "ln-learned-swiglu-gqa-nobias-untied-dropout": dict(mlp="swiglu", n_kv_head=2, bias=False,
+                                                        tie_embeddings=False, dropout=0.1),
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_whole_model_gradient_check_of_every_configuration(name):
+    rng = np.random.default_rng(0)
+    config = GPTConfig(**{**TINY, "n_head": 4, "rope_theta": 10.0, **CONFIGS[name]})
+    model = GPT(config, seed=1)
+    perturb(model, rng, 0.2)          # (0.3 curves some of these enough for h^2 errors ~ 1e-7)
+    idx, targets = tiny_batch(rng)
+    targets[0, 2] = -1
+
+    def loss():
+        return model.loss(idx, targets, train=True, rng=np.random.default_rng(7))
+
+    _, grads = model.loss_and_grads(idx, targets, rng=np.random.default_rng(7))
+    assert list(grads) == list(model.params) == list(param_shapes(config))
+    errors = grad_errors(loss, model.params, grads, config=config)
+    assert {n.removesuffix(" (keys)") for n in errors} == set(model.params)   # every one
+    for param, err in errors.items():
+        assert err < (1e-8 if param.endswith("(keys)") else 1e-7), f"{param}: {err:.2e}"
+    assert ("lm_head.weight" in grads) != config.tie_embeddings
+    assert any(k.endswith(".bias") for k in grads) == config.bias
+
+
 def test_gradient_from_the_hidden_states():
     """Without the LM head the forward pass ends at ln_f's output (B, T, C), and backward takes
     that output's gradient (a classifier on top uses this)."""
@@ -78,12 +118,12 @@ def test_gpt2_initialisation():
     assert np.array_equal(p64["wte.weight"].astype(np.float32), p["wte.weight"])
 
 
-@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope"])
 def test_causality(pos_encoding):
     """Changing tokens after position t leaves the logits at positions <= t exactly unchanged."""
     rng = np.random.default_rng(0)
     model = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16,
-                          pos_encoding=pos_encoding), seed=0)
+                          pos_encoding=pos_encoding, n_kv_head=1), seed=0)
     perturb(model, rng, 0.1)
     idx = rng.integers(0, 20, size=(3, 16))
     base = model.forward(idx)
@@ -170,3 +210,71 @@ def test_bad_targets():
         model.loss_and_grads(idx, np.array([[1, 12, 3]]))
     with pytest.raises(ValueError, match="shape"):
         model.loss_and_grads(idx, np.array([[1, 2]]))
+
+
+def test_llama_style_model_float32_end_to_end():
+    model = GPT(GPTConfig.llama(vocab_size=13, block_size=8, n_layer=2, n_head=4, n_embd=16,
+                                dropout=0.1), seed=0)
+    idx, targets = tiny_batch(np.random.default_rng(0), T=8, V=13)
+    logits, att = model.forward(idx, return_attention=True)
+    assert logits.dtype == np.float32 and all(a.shape == (2, 4, 8, 8) for a in att)
+    loss, grads = model.loss_and_grads(idx, targets)
+    assert all(g.dtype == np.float32 for g in grads.values())
+    assert "wpe.weight" not in model.params and "lm_head.weight" in model.params
+
+
+def test_untied_head_without_the_head_gets_zero_gradient():
+    model = GPT(GPTConfig(**TINY, tie_embeddings=False), seed=1)
+    perturb(model, np.random.default_rng(3))
+    idx, _ = tiny_batch(np.random.default_rng(0))
+    hidden, cache = model.forward_with_cache(idx, lm_head=False)
+    grads = model.backward(np.ones_like(hidden), cache)
+    assert np.all(grads["lm_head.weight"] == 0.0) and np.abs(grads["wte.weight"]).max() > 0
+
+
+@pytest.mark.parametrize("name", ["llama", "ln-sin-swiglu-gqa-bias-untied"])
+def test_kv_cache_forward_matches_full_forward_in_other_configurations(name):
+    config = GPTConfig(**{**TINY, "block_size": 8, "n_head": 4, **CONFIGS[name]})
+    model = GPT(config, seed=0)
+    perturb(model, np.random.default_rng(1), 0.2)
+    idx, _ = tiny_batch(np.random.default_rng(0), B=2, T=8)
+    full = model.forward(idx)
+    cache = model.new_kv_cache(batch_size=2)
+    assert cache.k.shape == (2, 2, config.kv_heads, 8, 2)             # nkv heads, not nh
+    parts = [model.forward(idx[:, :3], kv_cache=cache)]
+    parts += [model.forward(idx[:, t:t + 1], kv_cache=cache) for t in range(3, 8)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-12)
+
+
+def windows_recomputed(model, tokens):
+    """Next-token logits after each prefix, the window recomputed from its last block_size."""
+    W = model.config.block_size
+    return np.stack([model.forward(np.array([tokens[max(0, t + 1 - W):t + 1]]))[0, -1]
+                     for t in range(len(tokens))])
+
+
+def windows_rolled(model, tokens):
+    """The same through a rolling KV cache, one token at a time."""
+    cache = model.new_kv_cache(rolling=True)
+    return np.stack([model.forward(np.array([[t]]), kv_cache=cache)[0, -1] for t in tokens])
+
+
+@pytest.mark.parametrize("n_layer", [1, 2])
+def test_rolling_cache_is_exact_with_one_layer_and_drifts_with_more(n_layer):
+    """In layer 0 a key depends on its own token only, and RoPE makes it valid wherever the
+    window is; from layer 1 on a cached key remembers tokens that have left the window."""
+    config = GPTConfig.llama(**{**TINY, "block_size": 6, "n_layer": n_layer, "n_head": 4})
+    model = GPT(config, seed=0)
+    perturb(model, np.random.default_rng(2), 0.5)
+    tokens = list(np.random.default_rng(3).integers(0, 11, size=20))
+    exact, rolled = windows_recomputed(model, tokens), windows_rolled(model, tokens)
+    np.testing.assert_allclose(rolled[:6], exact[:6], rtol=1e-12, atol=1e-12)  # inside: equal
+    if n_layer == 1:
+        np.testing.assert_allclose(rolled, exact, rtol=1e-10, atol=1e-10)
+    else:
+        assert np.abs(rolled[6:] - exact[6:]).max() > 1e-6
+
+
+def test_rolling_cache_needs_rotary_positions():
+    with pytest.raises(ValueError, match="rolling KV cache needs rotary positions"):
+        GPT(GPTConfig(**TINY)).new_kv_cache(rolling=True)

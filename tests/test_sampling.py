@@ -141,3 +141,19 @@ def test_token_ids_given_as_floats_are_refused_not_truncated(prompt, message):
 def test_max_new_tokens_must_be_a_count(n):
     with pytest.raises(ValueError, match="max_new_tokens must be an integer >= 0"):
         next(generate(small_model(), [1], n, greedy=True))
+
+
+def test_rolling_generation():
+    cfg = GPTConfig.llama(vocab_size=13, block_size=8, n_layer=2, n_head=4, n_embd=16)
+    model = GPT(cfg, seed=0)
+    rng = np.random.default_rng(3)
+    for p in model.params.values():
+        p += rng.normal(scale=0.5, size=p.shape).astype(p.dtype)
+    exact = list(generate(model, [1, 2, 3], 30, greedy=True))
+    rolled = list(generate(model, [1, 2, 3], 30, greedy=True, rolling=True))
+    assert len(rolled) == 30 and rolled[:5] == exact[:5]          # inside the window: the same
+    assert len(set(rolled)) > 1
+    with pytest.raises(ValueError, match="needs the KV cache"):
+        list(generate(model, [1], 2, greedy=True, rolling=True, use_cache=False))
+    with pytest.raises(ValueError, match="rotary positions"):
+        list(generate(small_model(), [1], 2, greedy=True, rolling=True))

@@ -1,13 +1,23 @@
-"""Scaled dot-product attention and causal multi-head self-attention, forward and backward.
+"""Scaled dot-product attention and causal (grouped-query) self-attention, forward and backward.
 
     Attention(Q, K, V) = softmax(Q K^T / sqrt(hs) + mask) V
 
-Multi-head attention projects x to queries, keys and values with one fused matrix (``c_attn``,
-C -> 3C), splits the channels into heads with reshapes (no loop over heads), attends within each
-head, puts the heads back side by side and mixes them with ``c_proj`` (C -> C).
+Multi-head attention projects x to queries, keys and values with one fused matrix (``c_attn``),
+splits the channels into heads with reshapes (no loop over heads), attends within each head,
+puts the heads back side by side and mixes them with ``c_proj`` (C -> C).
+
+Grouped-query attention (GQA, Ainslie et al. 2023) has fewer key/value heads than query heads:
+nkv of them, each shared by a group of nh / nkv query heads (query head h reads key/value head
+h // group). c_attn is then (C, (nh + 2 nkv) hs) = [queries | keys | values]; nkv = nh is
+GPT-2's multi-head attention (C, 3C), nkv = 1 is multi-query attention. No key/value head is
+copied: the queries are viewed as (B, nkv, group, T, hs), the keys and values get a group axis
+of length 1, (B, nkv, 1, S, hs), and the matrix products broadcast them over the group; going
+back, each key/value head sums the gradients of its group. With rotary positions (rope.py) the
+queries and keys are rotated after the split, before they are cached.
 
 Shape legend: B batch, T time (queries), S time of the keys (S = T except with a KV cache),
-C channels, nh heads, hs head size (C = nh * hs).
+C channels, nh query heads, nkv key/value heads, g = nh / nkv heads per group, hs head size
+(C = nh * hs).
 """
 import functools
 import math
@@ -17,6 +27,7 @@ import numpy as np
 
 from .layers import (DropoutCache, LinearCache, SoftmaxCache, dropout_backward, dropout_forward,
                      linear_backward, linear_forward, softmax_backward, softmax_forward)
+from .rope import rope_backward, rope_forward
 
 
 @functools.lru_cache(maxsize=64)
@@ -83,19 +94,32 @@ def sdpa_backward(dout, cache):
     return dq, dk, dv
 
 
+def kv_cache_bytes(n_layer, n_kv_head, head_size, T, itemsize, batch_size=1):
+    """Memory of the keys and values of T positions: 2 * n_layer * B * nkv * hs * T * bytes.
+
+    Only the nkv key/value heads are cached, so grouped-query attention divides this by nh / nkv.
+
+    >>> kv_cache_bytes(32, 8, 128, 8192, 2) / 2**30     # Llama-3-8B's shape, 8k positions, bf16
+    1.0
+    """
+    return 2 * n_layer * batch_size * n_kv_head * head_size * T * itemsize
+
+
 class KVCache:
     """Keys and values of the positions seen so far, for every layer (used only when generating).
 
-    k, v: (n_layer, B, nh, max_T, hs) buffers filled left to right; ``length`` positions are valid.
+    k, v: (n_layer, B, nkv, max_T, hs) buffers filled left to right; ``length`` positions are
+    valid, and ``length`` is also the position of the next token.
 
-    >>> cache = KVCache(n_layer=1, B=1, n_head=2, max_T=4, head_size=3, dtype=np.float32)
+    >>> cache = KVCache(n_layer=1, B=1, n_kv_head=2, max_T=4, head_size=3, dtype=np.float32)
     >>> k, v = cache.append(0, np.ones((1, 2, 2, 3)), np.ones((1, 2, 2, 3)))
     >>> k.shape, cache.nbytes
     ((1, 2, 2, 3), 192)
     """
+    rolling = False
 
-    def __init__(self, n_layer, B, n_head, max_T, head_size, dtype):
-        self.k = np.zeros((n_layer, B, n_head, max_T, head_size), dtype=dtype)
+    def __init__(self, n_layer, B, n_kv_head, max_T, head_size, dtype):
+        self.k = np.zeros((n_layer, B, n_kv_head, max_T, head_size), dtype=dtype)
         self.v = np.zeros_like(self.k)
         self.length = 0
 
@@ -105,12 +129,12 @@ class KVCache:
 
     @property
     def nbytes(self):
-        """Bytes held: 2 (keys and values) * n_layer * B * nh * max_T * hs * itemsize."""
+        """Bytes held: 2 (keys and values) * n_layer * B * nkv * max_T * hs * itemsize."""
         return self.k.nbytes + self.v.nbytes
 
     def append(self, layer, k, v):
-        """Store k, v (B, nh, T, hs) after the valid part; return all keys and values so far,
-        (B, nh, S, hs)."""
+        """Store k, v (B, nkv, T, hs) after the valid part; return all keys and values so far,
+        (B, nkv, S, hs)."""
         start, stop = self.length, self.length + k.shape[2]
         if stop > self.max_T:
             raise ValueError(f"KV cache holds {self.max_T} positions, asked for {stop}")
@@ -119,22 +143,63 @@ class KVCache:
         return self.k[layer, :, :, :stop], self.v[layer, :, :, :stop]
 
 
+class RollingKVCache(KVCache):
+    """A KV cache that keeps going past max_T, holding the last max_T positions (a ring buffer).
+
+    Only for rotary positions: each cached key carries its own rotation and a score depends
+    only on the distance between query and key, so old keys stay valid when the window moves.
+    ``length`` counts every position seen (the position of the next token, past max_T too).
+    Until the buffer is full it fills left to right like ``KVCache``; after that each new
+    position (one at a time) overwrites the slot of the one max_T steps back, slot =
+    position % max_T. The slots are then out of time order, which does not matter: the one new
+    query sees every cached key (no mask), and a softmax does not depend on the order of its
+    inputs. This is NOT the same as recomputing the window from its tokens: in every layer after
+    the first, a cached key was computed from hidden states that had attended to tokens which
+    have since left the window.
+
+    >>> cache = RollingKVCache(n_layer=1, B=1, n_kv_head=1, max_T=3, head_size=2, dtype=float)
+    >>> for t in range(5):
+    ...     k, v = cache.append(0, np.full((1, 1, 1, 2), float(t)), np.zeros((1, 1, 1, 2)))
+    ...     cache.length += 1
+    >>> k[0, 0, :, 0]                                  # positions 3, 4, 2 in slots 0, 1, 2
+    array([3., 4., 2.])
+    """
+    rolling = True
+
+    def append(self, layer, k, v):
+        """Store k, v (B, nkv, T, hs); return the keys and values to attend to, (B, nkv, S, hs)."""
+        start, T, W = self.length, k.shape[2], self.max_T
+        if start + T <= W:                                 # still filling, in time order
+            return super().append(layer, k, v)
+        if T != 1:
+            raise ValueError(f"past its {W} positions the rolling KV cache takes one position at "
+                             f"a time, got {T}")
+        slot = start % W                                   # position start - W leaves
+        self.k[layer, :, :, slot] = k[:, :, 0]
+        self.v[layer, :, :, slot] = v[:, :, 0]
+        return self.k[layer], self.v[layer]
+
+
 class MHACache(NamedTuple):
     c_attn: LinearCache          # x -> q, k, v
-    sdpa: SDPACache              # the attention itself, per head
+    rope: object                 # RoPECache (cos, sin (T, hs)) of q and k, None without RoPE
+    sdpa: SDPACache              # q (B, nkv, g, T, hs); k, v (B, nkv, 1, S, hs)
     c_proj: LinearCache          # heads side by side -> out
 
     @property
     def att(self):
-        """The attention weights, (B, nh, T, S)."""
-        return self.sdpa.att
+        """The attention weights, (B, nh, T, S), head h = j * g + r for group j."""
+        B, nkv, g, T, S = self.sdpa.att.shape
+        return self.sdpa.att.reshape(B, nkv * g, T, S)
 
 
-def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None,
-                train=False, kv_cache=None, layer=0):
-    """Causal multi-head self-attention.
+def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+                dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
+    """Causal multi-head self-attention; grouped-query with ``n_kv_head`` < n_head.
 
-    x: (B, T, C); c_attn_w: (C, 3C); c_attn_b: (3C,); c_proj_w: (C, C); c_proj_b: (C,)
+    x: (B, T, C); c_attn_w: (C, (nh + 2 nkv) hs) = [queries | keys | values] ((C, 3C) when
+    n_kv_head is None or n_head); c_attn_b: its width or None; c_proj_w: (C, C); c_proj_b: (C,)
+    or None; rope: (cos, sin) tables (T, hs) of these T positions (``rope_tables``), or None
     -> out: (B, T, C). ``cache.att`` holds the weights, (B, nh, T, S).
     With ``kv_cache`` the new keys and values are appended to those of earlier positions
     (``layer`` says which layer's slot to use).
@@ -143,29 +208,53 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.
     >>> out, cache = mha_forward(x, np.eye(8, 24), np.zeros(24), np.eye(8), np.zeros(8), n_head=2)
     >>> out.shape, cache.att.shape
     ((2, 5, 8), (2, 2, 5, 5))
+    >>> out, cache = mha_forward(x, np.eye(8, 16), None, np.eye(8), None, n_head=4, n_kv_head=2)
+    >>> cache.sdpa.q.shape, cache.sdpa.k.shape         # 2 groups of 2 query heads, 2 key heads
+    ((2, 2, 2, 5, 2), (2, 2, 1, 5, 2))
     """
     B, T, C = x.shape
+    n_kv = n_head if n_kv_head is None else n_kv_head
     hs = C // n_head
-    qkv, c_attn_cache = linear_forward(x, c_attn_w, c_attn_b)          # (B, T, 3C)
-    qkv = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)    # (3, B, nh, T, hs)
-    q, k, v = qkv[0], qkv[1], qkv[2]                                   # (B, nh, T, hs) each
+    qkv, c_attn_cache = linear_forward(x, c_attn_w, c_attn_b)          # (B, T, (nh + 2nkv) hs)
+    heads = qkv.reshape(B, T, n_head + 2 * n_kv, hs).transpose(0, 2, 1, 3)  # (B, nh+2nkv, T, hs)
+    q = heads[:, :n_head]                                              # (B, nh, T, hs)
+    k, v = heads[:, n_head:n_head + n_kv], heads[:, n_head + n_kv:]    # (B, nkv, T, hs) each
+    rope_cache = None
+    if rope is not None:
+        q, rope_cache = rope_forward(q, *rope)                         # the same turn for
+        k, _ = rope_forward(k, *rope)                                  # queries and keys
     if kv_cache is not None:
-        k, v = kv_cache.append(layer, k, v)                            # (B, nh, S, hs)
-    y, sdpa_cache = sdpa_forward(q, k, v, causal=True, dropout=dropout, rng=rng, train=train)
-    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)                       # heads side by side
+        k, v = kv_cache.append(layer, k, v)                            # (B, nkv, S, hs)
+    q = q.reshape(B, n_kv, n_head // n_kv, T, hs)                      # (B, nkv, g, T, hs)
+    y, sdpa_cache = sdpa_forward(q, k[:, :, None], v[:, :, None], causal=True, dropout=dropout,
+                                 rng=rng, train=train)                 # (B, nkv, g, T, hs)
+    y = y.reshape(B, n_head, T, hs).transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side
     out, c_proj_cache = linear_forward(y, c_proj_w, c_proj_b)          # (B, T, C)
-    return out, MHACache(c_attn_cache, sdpa_cache, c_proj_cache)
+    return out, MHACache(c_attn_cache, rope_cache, sdpa_cache, c_proj_cache)
+
+
+def sum_groups(d):
+    """(B, nkv, g, S, hs) -> (B, nkv, S, hs): each key/value head gets its group's gradients."""
+    return d[:, :, 0] if d.shape[2] == 1 else d.sum(axis=2)
 
 
 def mha_backward(dout, cache):
-    """dout: (B, T, C) -> dx (B, T, C), dc_attn_w, dc_attn_b, dc_proj_w, dc_proj_b."""
+    """dout: (B, T, C) -> dx (B, T, C), dc_attn_w, dc_attn_b, dc_proj_w, dc_proj_b (the biases
+    None when the forward pass had none). Only for a forward pass without a KV cache."""
     B, T, C = dout.shape
-    n_head, hs = cache.sdpa.q.shape[1], cache.sdpa.q.shape[3]
+    _, n_kv, g, _, hs = cache.sdpa.q.shape
+    n_head = n_kv * g
     dy, dc_proj_w, dc_proj_b = linear_backward(dout, cache.c_proj)     # (B, T, C)
-    dy = dy.reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)            # (B, nh, T, hs)
-    dq, dk, dv = sdpa_backward(dy, cache.sdpa)
-    dqkv = np.empty((B, T, 3, n_head, hs), dtype=dout.dtype)
-    heads = dqkv.transpose(2, 0, 3, 1, 4)                              # (3, B, nh, T, hs) view
-    heads[0], heads[1], heads[2] = dq, dk, dv                          # written through the view
-    dx, dc_attn_w, dc_attn_b = linear_backward(dqkv.reshape(B, T, 3 * C), cache.c_attn)
+    dy = dy.reshape(B, T, n_kv, g, hs).transpose(0, 2, 3, 1, 4)        # (B, nkv, g, T, hs)
+    dq, dk, dv = sdpa_backward(dy, cache.sdpa)                         # dk, dv (B, nkv, g, T, hs)
+    dq = dq.reshape(B, n_head, T, hs)
+    dk, dv = sum_groups(dk), sum_groups(dv)                            # (B, nkv, T, hs)
+    if cache.rope is not None:
+        dq, dk = rope_backward(dq, cache.rope), rope_backward(dk, cache.rope)
+    dqkv = np.empty((B, T, n_head + 2 * n_kv, hs), dtype=dout.dtype)
+    heads = dqkv.transpose(0, 2, 1, 3)                                 # (B, nh+2nkv, T, hs) view
+    heads[:, :n_head] = dq                                             # written through the view
+    heads[:, n_head:n_head + n_kv] = dk
+    heads[:, n_head + n_kv:] = dv
+    dx, dc_attn_w, dc_attn_b = linear_backward(dqkv.reshape(B, T, -1), cache.c_attn)
     return dx, dc_attn_w, dc_attn_b, dc_proj_w, dc_proj_b

@@ -89,20 +89,31 @@ def layer_grad_errors(forward, backward, inputs, rng, names=None, h=1e-5):
     return errors
 
 
-def grad_errors(f, params, grads, h=1e-5):
+def grad_errors(f, params, grads, h=1e-5, config=None):
     """Compare every named gradient with its numerical value; returns {name: relative error}.
 
-    The keys' third of each ``c_attn.bias`` has a gradient that is exactly zero (q.b_k is the
+    The keys' part of each ``c_attn.bias`` has a gradient that is exactly zero (q.b_k is the
     same for every key of a row, and a softmax ignores a constant shift), so it is reported
-    apart, as the largest absolute value of either gradient, under ``name + " (keys)"``.
+    apart, as the largest absolute value of either gradient, under ``name + " (keys)"``. Where
+    the keys sit comes from ``config`` (a GPTConfig: columns nh hs .. (nh + nkv) hs); without
+    one, GPT-2's middle third. With rotary positions the bias is rotated differently at every
+    key, the shift is no longer constant and its gradient not zero: nothing is set apart.
     """
+    keys = None
+    if config is None:
+        keys = "thirds"
+    elif config.pos_encoding != "rope":
+        q, k, _ = config.qkv_sizes
+        keys = slice(q, q + k)
     errors = {}
     for name, p in params.items():
         num = numerical_grad(f, p, h)
         ana = grads[name]
-        if name.endswith("c_attn.bias"):
-            (aq, ak, av), (nq, nk, nv) = np.split(ana, 3), np.split(num, 3)
-            errors[name + " (keys)"] = float(max(np.abs(ak).max(), np.abs(nk).max()))
-            ana, num = np.concatenate([aq, av]), np.concatenate([nq, nv])
+        if name.endswith("c_attn.bias") and keys is not None:
+            part = slice(p.size // 3, 2 * p.size // 3) if keys == "thirds" else keys
+            rest = np.ones(p.size, dtype=bool)
+            rest[part] = False
+            errors[name + " (keys)"] = float(max(np.abs(ana[part]).max(), np.abs(num[part]).max()))
+            ana, num = ana[rest], num[rest]
         errors[name] = rel_error(ana, num)
     return errors

@@ -155,6 +155,7 @@ class LayerNormCache(NamedTuple):
     weight: np.ndarray           # (C,) the gain
     mean: np.ndarray             # (..., 1)
     rstd: np.ndarray             # (..., 1) 1 / sqrt(var + eps)
+    has_bias: bool               # False for a LayerNorm without bias (dbias is then None)
 
 
 def layernorm_forward(x, weight, bias, eps=1e-5):
@@ -162,8 +163,8 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
 
         mean = mean(x),  rstd = 1 / sqrt(var(x) + eps),  out = (x - mean) * rstd * weight + bias
 
-    x: (..., C); weight, bias: (C,) -> out: (..., C). The normalised x is cheap to recompute,
-    so the cache keeps x with the two statistics instead.
+    x: (..., C); weight, bias: (C,) (bias None: no shift) -> out: (..., C). The normalised x is
+    cheap to recompute, so the cache keeps x with the two statistics instead.
 
     >>> out, cache = layernorm_forward(np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2))
     >>> out.round(3), cache.mean
@@ -175,27 +176,80 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     var = (xc * xc).sum(axis=-1, keepdims=True) * inv_C  # (..., 1), biased variance as in PyTorch
     rstd = 1.0 / np.sqrt(var + eps)                    # (..., 1)
     xhat = xc * rstd
-    out = xhat * weight + bias
-    return out, LayerNormCache(x, weight, mean, rstd)
+    out = xhat * weight
+    if bias is not None:
+        out += bias
+    return out, LayerNormCache(x, weight, mean, rstd, bias is not None)
 
 
 def layernorm_backward(dout, cache):
-    """dout: (..., C) -> dx: (..., C), dweight: (C,), dbias: (C,).
+    """dout: (..., C) -> dx: (..., C), dweight: (C,), dbias: (C,) (None without bias).
 
     With xhat = (x - mean) * rstd and g = dout * weight (the gradient reaching xhat):
         dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
     """
-    x, weight, mean, rstd = cache
+    x, weight, mean, rstd, has_bias = cache
     xhat = (x - mean) * rstd
     C = x.shape[-1]
     dweight = (dout * xhat).reshape(-1, C).sum(axis=0)  # (C,)
-    dbias = dout.reshape(-1, C).sum(axis=0)             # (C,)
+    dbias = dout.reshape(-1, C).sum(axis=0) if has_bias else None  # (C,)
     g = dout * weight
     inv_C = 1.0 / C
     dx = g - g.sum(axis=-1, keepdims=True) * inv_C
     dx -= xhat * ((g * xhat).sum(axis=-1, keepdims=True) * inv_C)
     dx *= rstd
     return dx, dweight, dbias
+
+
+# ----------------------------------------------------------------------------------------------
+# RMSNorm (Llama's normalisation: LayerNorm without the mean and the bias)
+# ----------------------------------------------------------------------------------------------
+
+class RMSNormCache(NamedTuple):
+    x: np.ndarray                # (..., C) the input
+    weight: np.ndarray           # (C,) the gain
+    rstd: np.ndarray             # (..., 1) 1 / sqrt(mean(x^2) + eps)
+
+
+def rmsnorm_forward(x, weight, eps=1e-5):
+    """Divide each vector by its root mean square, then scale (Zhang & Sennrich 2019).
+
+        rstd = 1 / sqrt(mean(x^2) + eps),   out = x * rstd * weight
+
+    No mean is subtracted and there is no bias: only each vector's length is normalised.
+    x: (..., C); weight: (C,) -> out: (..., C).
+
+    >>> out, cache = rmsnorm_forward(np.array([[3.0, 4.0]]), np.ones(2), eps=0.0)
+    >>> out.round(4), cache.rstd.shape                # the rms of (3, 4) is sqrt(12.5)
+    (array([[0.8485, 1.1314]]), (1, 1))
+    """
+    inv_C = 1.0 / x.shape[-1]
+    ms = (x * x).sum(axis=-1, keepdims=True) * inv_C   # (..., 1) mean of the squares
+    rstd = 1.0 / np.sqrt(ms + eps)                     # (..., 1)
+    out = x * rstd
+    out *= weight
+    return out, RMSNormCache(x, weight, rstd)
+
+
+def rmsnorm_backward(dout, cache):
+    """dout: (..., C) -> dx: (..., C), dweight: (C,).
+
+    With xhat = x * rstd, g = dout * weight (the gradient reaching xhat) and
+    d rstd / d x_j = -rstd^3 x_j / C:
+
+        dx_j = g_j rstd + sum_i g_i x_i (-rstd^3 x_j / C) = rstd * (g_j - xhat_j * mean(g * xhat))
+
+    LayerNorm's dx without its ``- mean(g)`` term, which came from the mean RMSNorm does not
+    subtract.
+    """
+    x, weight, rstd = cache
+    C = x.shape[-1]
+    xhat = x * rstd
+    dweight = (dout * xhat).reshape(-1, C).sum(axis=0)  # (C,)
+    g = dout * weight
+    dx = g - xhat * ((g * xhat).sum(axis=-1, keepdims=True) * (1.0 / C))
+    dx *= rstd
+    return dx, dweight
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,6 +328,43 @@ def gelu_fused_backward(dout, cache):
     g -= GELU_A
     g *= x
     g *= 1.0 - s
+    g += 1.0
+    g *= s
+    g *= dout
+    return g
+
+
+# ----------------------------------------------------------------------------------------------
+# SiLU (the gate of Llama's SwiGLU MLP)
+# ----------------------------------------------------------------------------------------------
+
+class SiLUCache(NamedTuple):
+    x: np.ndarray                # the input
+    s: np.ndarray                # sigmoid(x), same shape
+
+
+def silu_forward(x):
+    """SiLU(x) = x * sigmoid(x) = x / (1 + exp(-x)), element-wise (also called swish).
+
+    x: any shape -> out: same shape.
+
+    >>> out, _ = silu_forward(np.array([-1.0, 0.0, 2.0]))
+    >>> out.round(4)
+    array([-0.2689,  0.    ,  1.7616])
+    """
+    s = np.negative(x)
+    with np.errstate(over="ignore"):                   # exp(+large) = inf gives s = 0: correct
+        np.exp(s, out=s)
+    s += 1.0
+    np.reciprocal(s, out=s)                            # s = sigmoid(x)
+    return x * s, SiLUCache(x, s)
+
+
+def silu_backward(dout, cache):
+    """d SiLU/dx = s + x s (1 - s) = s (1 + x (1 - s)), since sigmoid' = s (1 - s)."""
+    x, s = cache
+    g = 1.0 - s
+    g *= x
     g += 1.0
     g *= s
     g *= dout

@@ -57,7 +57,7 @@ class LoRALinearCache(NamedTuple):
 def lora_linear_forward(x, W, b, A, B, scale):
     """``out = x @ W + b + scale * (x @ A) @ B``: a frozen linear layer plus its low-rank path.
 
-    x: (..., in); W: (in, out); b: (out,); A: (in, r); B: (r, out); scale: float
+    x: (..., in); W: (in, out); b: (out,) or None; A: (in, r); B: (r, out); scale: float
     -> out: (..., out)
 
     >>> out, _ = lora_linear_forward(np.ones((2, 3)), np.ones((3, 4)), np.zeros(4),
@@ -68,7 +68,9 @@ def lora_linear_forward(x, W, b, A, B, scale):
     """
     x2 = x.reshape(-1, x.shape[-1])                    # (N, in)
     h = x2 @ A                                         # (N, r)   down to rank r
-    out = x2 @ W + b + scale * (h @ B)                 # (N, out) frozen path + low-rank path
+    out = x2 @ W + scale * (h @ B)                     # (N, out) frozen path + low-rank path
+    if b is not None:
+        out += b
     return out.reshape(*x.shape[:-1], W.shape[1]), LoRALinearCache(x, W, A, B, h, scale)
 
 

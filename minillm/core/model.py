@@ -1,32 +1,42 @@
 """The GPT model: GPT-2 initialisation, the forward pass and the hand-written backward pass.
 
     x      = wte[idx] + wpe[:T]              token + position embeddings    (B, T, C)
-    x      = block_i(x), i = 0 .. n_layer-1  pre-LN Transformer blocks      (B, T, C)
-    x      = ln_f(x)                                                        (B, T, C)
+                                             (no wpe with rotary positions: they turn q and k)
+    x      = block_i(x), i = 0 .. n_layer-1  pre-norm Transformer blocks    (B, T, C)
+    x      = ln_f(x)                         LayerNorm or RMSNorm           (B, T, C)
     logits = x @ wte^T                       LM head tied to the embedding  (B, T, V)
+                                             (or x @ lm_head^T, untied)
 
-The backward pass (``GPT.backward``) is the same list of calls read bottom to top.
+The config chooses the pieces (GPT-2's by default; ``GPTConfig.llama()`` for RMSNorm, rotary
+positions, SwiGLU, grouped-query attention, no biases, an untied head); the names of the
+parameters stay GPT-2's (``config.py``). The backward pass (``GPT.backward``) is the same list
+of calls read bottom to top.
 
 What the forward pass keeps for the backward pass (``GPTCache``, like llm.c's activations):
 
     field     what it holds                                           shapes
     wte       EmbeddingCache: the token ids                           idx (B, T)
-    wpe       PositionCache: the rows of wpe used (None: sinusoidal)  start, block_size
+    wpe       PositionCache: the rows of wpe used (None otherwise)    start, block_size
     drop      DropoutCache: the embedding dropout mask                (B, T, C) or None
     h[i]      BlockCache of block i:
                 ln_1, ln_2  LayerNormCache: input, mean, rstd         (B, T, C), (B, T, 1) x2
+                            (RMSNormCache: input, rstd)               (B, T, C), (B, T, 1)
                 attn        MHACache: c_attn's input                  (B, T, C)
-                            q; k and v (S = T + cached positions)     (B, nh, T, hs); (B, nh, S, hs)
-                            att, the attention weights                (B, nh, T, S)
+                            rope: the cos, sin tables (or None)       (T, hs) x2
+                            q, grouped; k and v (S = T + cached)      (B, nkv, g, T, hs);
+                                                                      (B, nkv, 1, S, hs)
+                            att, the attention weights                (B, nkv, g, T, S)
                             c_proj's input (heads side by side)       (B, T, C)
                 drop_1/2    the branches' dropout masks               (B, T, C) or None
                 mlp         MLPCache: c_fc's input                    (B, T, C)
-                            GELU's input and its sigmoid              (B, T, 4C) x2
-    ln_f      LayerNormCache                                          (B, T, C), (B, T, 1) x2
-    lm_head   LMHeadCache: ln_f's output                              (B, T, C)
+                            GELU's input and its sigmoid              (B, T, I) x2
+                            (SwiGLUCache: c_fc's input; the gate and  (B, T, C); (B, T, I) x2;
+                            its sigmoid; silu(gate), up)              (B, T, I) x2
+    ln_f      LayerNormCache or RMSNormCache                          (B, T, C), (B, T, 1)
+    lm_head   LMHeadCache: ln_f's output, the head's weights          (B, T, C), (V, C)
 
 Shape legend: B batch, T time, S time of the keys, C channels (n_embd), V vocabulary,
-nh heads, hs head size.
+nh query heads, nkv key/value heads, g = nh / nkv, hs head size, I intermediate size.
 """
 import math
 from typing import NamedTuple
@@ -34,21 +44,22 @@ from typing import NamedTuple
 import numpy as np
 
 from ..formats import hf
-from .attention import KVCache
-from .block import block_backward, block_forward
+from .attention import KVCache, RollingKVCache
+from .block import block_backward, block_forward, norm_backward, norm_forward
 from .config import GPTConfig, block_param_shapes, param_shapes  # noqa: F401 (doctests)
-from .layers import (DropoutCache, EmbeddingCache, LayerNormCache, PositionCache,
-                     cross_entropy_backward, cross_entropy_forward, dropout_backward,
-                     dropout_forward, embedding_backward, embedding_forward, layernorm_backward,
-                     layernorm_forward, position_embedding_backward, position_embedding_forward,
+from .layers import (DropoutCache, EmbeddingCache, PositionCache, cross_entropy_backward,
+                     cross_entropy_forward, dropout_backward, dropout_forward, embedding_backward,
+                     embedding_forward, position_embedding_backward, position_embedding_forward,
                      sinusoidal_encoding)
+from .rope import rope_tables
 
 
 def init_params(config, rng):
     """GPT-2 initialisation: weights ~ N(0, 0.02), the two residual projections of each block
     scaled down by 1/sqrt(2 n_layer) (each block adds two branches to the residual stream),
-    biases zero, LayerNorm weights one. Drawn in float64, then cast, so a float32 and a float64
-    model with the same seed hold the same numbers.
+    biases zero, norm weights one; the same for every configuration (an untied lm_head is
+    N(0, 0.02) like wte). Drawn in float64, then cast, so a float32 and a float64 model with
+    the same seed hold the same numbers.
 
     >>> p = init_params(GPTConfig(n_layer=2), np.random.default_rng(0))
     >>> float(p["h.0.ln_1.weight"][0]), float(p["h.0.attn.c_attn.bias"][0])
@@ -71,12 +82,12 @@ def init_params(config, rng):
 
 class LMHeadCache(NamedTuple):
     x: np.ndarray                # (B, T, C) the final hidden states
-    wte: np.ndarray              # (V, C) the tied weights
+    wte: np.ndarray              # (V, C) the weights: wte when tied, lm_head otherwise
 
 
 def lm_head_forward(x, wte):
-    """logits = x @ wte^T, the output layer tied to the token embedding.
-    x: (B, T, C); wte: (V, C) -> logits: (B, T, V).
+    """logits = x @ wte^T, the output layer (wte itself when tied to the token embedding, or an
+    untied lm_head of the same shape). x: (B, T, C); wte: (V, C) -> logits: (B, T, V).
 
     >>> logits, _ = lm_head_forward(np.ones((1, 2, 3)), np.eye(5, 3))
     >>> logits.shape
@@ -88,7 +99,7 @@ def lm_head_forward(x, wte):
 
 
 def lm_head_backward(dlogits, cache):
-    """dlogits: (B, T, V) -> dx: (B, T, C), dwte: (V, C) (this use of wte only)."""
+    """dlogits: (B, T, V) -> dx: (B, T, C), dwte: (V, C) (this use of the weights only)."""
     x, wte = cache
     B, T, C = x.shape
     dl = dlogits.reshape(B * T, -1)                    # (B*T, V)
@@ -100,10 +111,10 @@ def lm_head_backward(dlogits, cache):
 class GPTCache(NamedTuple):
     """Everything the backward pass needs, layer by layer (see the table in the module's doc)."""
     wte: EmbeddingCache
-    wpe: PositionCache           # None with sinusoidal positions
+    wpe: PositionCache           # None with sinusoidal or rotary positions
     drop: DropoutCache
     h: list                      # one BlockCache per block
-    ln_f: LayerNormCache
+    ln_f: tuple                  # LayerNormCache or RMSNormCache
     lm_head: LMHeadCache         # None when the forward pass stopped at the hidden states
 
     @property
@@ -126,6 +137,7 @@ class GPT:
         self.params = init_params(config, self.rng) if params is None else params
         self._block_names = list(block_param_shapes(config))
         self._positions = None                   # the sinusoidal table, made on first use
+        self._rope = None                        # the rotary tables, made on first use
 
     @property
     def dtype(self):
@@ -142,7 +154,7 @@ class GPT:
     # Input checks
     # ------------------------------------------------------------------------------------------
 
-    def _check_idx(self, idx, start=0):
+    def _check_idx(self, idx, start=0, rolling=False):
         idx = np.asarray(idx)
         if idx.ndim != 2:
             raise ValueError(f"token ids must be a 2-D (B, T) array, got shape {idx.shape}")
@@ -151,7 +163,7 @@ class GPT:
         T, config = idx.shape[1], self.config
         if T == 0:
             raise ValueError("token ids are empty (T = 0)")
-        if start + T > config.block_size:
+        if (T if rolling else start + T) > config.block_size:
             raise ValueError(f"sequence length {start + T} exceeds block_size {config.block_size}")
         lo, hi = idx.min(), idx.max()
         if lo < 0 or hi >= config.vocab_size:
@@ -185,26 +197,28 @@ class GPT:
         head of another kind on top (a classifier); ``backward`` then takes its gradient."""
         config, p = self.config, self.params
         start = 0 if kv_cache is None else kv_cache.length
-        idx = self._check_idx(idx, start)
+        idx = self._check_idx(idx, start, rolling=kv_cache is not None and kv_cache.rolling)
         T = idx.shape[1]
         rng = self.rng if rng is None else rng
-        tok_emb, wte_cache = embedding_forward(idx, p["wte.weight"])                   # (B, T, C)
+        x, wte_cache = embedding_forward(idx, p["wte.weight"])                         # (B, T, C)
+        wpe_cache, rope = None, None
         if config.pos_encoding == "learned":
             pos_emb, wpe_cache = position_embedding_forward(p["wpe.weight"], T, start)  # (T, C)
+            x = x + pos_emb
+        elif config.pos_encoding == "sinusoidal":
+            x = x + self.sinusoidal()[start:start + T]                                 # (T, C)
         else:
-            pos_emb, wpe_cache = self.sinusoidal()[start:start + T], None              # (T, C)
-        x, drop_cache = dropout_forward(tok_emb + pos_emb, config.dropout, rng=rng,
-                                          train=train)
+            rope = self.rotary(start, T)               # cos, sin (T, hs), applied in attention
+        x, drop_cache = dropout_forward(x, config.dropout, rng=rng, train=train)
         block_caches = []
         for i in range(config.n_layer):
-            x, block_cache = block_forward(x, self.block_params(i), config.n_head,
-                                           dropout=config.dropout, rng=rng, train=train,
-                                           kv_cache=kv_cache, layer=i)
+            x, block_cache = block_forward(x, self.block_params(i), config, rope=rope, rng=rng,
+                                           train=train, kv_cache=kv_cache, layer=i)
             block_caches.append(block_cache)
         if last_only:
             x = x[:, -1:]                                                              # (B, 1, C)
-        x, ln_f_cache = layernorm_forward(x, p["ln_f.weight"], p["ln_f.bias"])
-        out, lm_head_cache = lm_head_forward(x, p["wte.weight"]) if lm_head else (x, None)
+        x, ln_f_cache = norm_forward(x, p["ln_f.weight"], p.get("ln_f.bias"), config)
+        out, lm_head_cache = lm_head_forward(x, self.head_weight()) if lm_head else (x, None)
         if kv_cache is not None:
             kv_cache.length += T
         return out, GPTCache(wte_cache, wpe_cache, drop_cache, block_caches, ln_f_cache,
@@ -213,19 +227,24 @@ class GPT:
     def backward(self, dout, cache):
         """Gradients of every parameter from dlogits (B, T, V): the forward pass in reverse.
         (From d(hidden) (B, T, C) if the forward pass ran with ``lm_head=False``.)"""
-        g = {}
+        config, g = self.config, {}
         if cache.lm_head is not None:
-            dx, dwte_head = lm_head_backward(dout, cache.lm_head)
+            dx, dhead = lm_head_backward(dout, cache.lm_head)
         else:
-            dx, dwte_head = dout, 0.0
-        dx, g["ln_f.weight"], g["ln_f.bias"] = layernorm_backward(dx, cache.ln_f)
-        for i in reversed(range(self.config.n_layer)):
-            dx, block_grads = block_backward(dx, cache.h[i])
+            dx, dhead = dout, 0.0
+        dx, g["ln_f.weight"], g["ln_f.bias"] = norm_backward(dx, cache.ln_f, config)
+        for i in reversed(range(config.n_layer)):
+            dx, block_grads = block_backward(dx, cache.h[i], config)
             g.update({f"h.{i}.{name}": grad for name, grad in block_grads.items()})
         dx = dropout_backward(dx, cache.drop)
         if cache.wpe is not None:
             g["wpe.weight"] = position_embedding_backward(dx, cache.wpe)
-        g["wte.weight"] = embedding_backward(dx, cache.wte) + dwte_head  # tied: both uses add
+        g["wte.weight"] = embedding_backward(dx, cache.wte)
+        if config.tie_embeddings:
+            g["wte.weight"] += dhead                                   # tied: both uses add
+        else:
+            g["lm_head.weight"] = dhead if cache.lm_head is not None else \
+                np.zeros_like(self.params["lm_head.weight"])           # the head was not used
         return {name: g[name] for name in self.params}
 
     def forward(self, idx, *, return_attention=False, train=False, rng=None, kv_cache=None,
@@ -251,6 +270,10 @@ class GPT:
         logits = self.forward(idx, train=train, rng=rng)
         return cross_entropy_forward(logits, self._check_targets(targets, logits.shape[:2]))[0]
 
+    def head_weight(self):
+        """The output layer's weights (V, C): wte when tied, else lm_head."""
+        return self.params["wte.weight" if self.config.tie_embeddings else "lm_head.weight"]
+
     def sinusoidal(self):
         """The fixed (block_size, C) table of sinusoidal positions, made once."""
         if self._positions is None:
@@ -258,11 +281,29 @@ class GPT:
                                                   self.dtype)
         return self._positions
 
-    def new_kv_cache(self, batch_size=1):
-        """An empty KVCache with room for block_size positions of every layer."""
+    def rotary(self, start, T):
+        """The cos, sin tables (T, hs) of positions start .. start + T - 1: slices of tables made
+        once for block_size positions, or new ones past them (a rolling KV cache goes on)."""
         config = self.config
-        return KVCache(config.n_layer, batch_size, config.n_head, config.block_size,
-                       config.head_size, self.dtype)
+        if start + T > config.block_size:
+            return rope_tables(T, config.head_size, config.rope_theta, start, self.dtype)
+        if self._rope is None:
+            self._rope = rope_tables(config.block_size, config.head_size, config.rope_theta,
+                                     0, self.dtype)
+        return self._rope[0][start:start + T], self._rope[1][start:start + T]
+
+    def new_kv_cache(self, batch_size=1, rolling=False):
+        """An empty KVCache for block_size positions of every layer's n_kv_head key/value heads;
+        ``rolling`` (rotary positions only) keeps going past block_size with the last block_size
+        positions (``RollingKVCache``: faster, but not equal to recomputing the window)."""
+        config = self.config
+        if rolling and config.pos_encoding != "rope":
+            raise ValueError(f"a rolling KV cache needs rotary positions (pos_encoding='rope'); "
+                             f"with {config.pos_encoding!r} positions every cached key changes "
+                             "when the window slides")
+        cls = RollingKVCache if rolling else KVCache
+        return cls(config.n_layer, batch_size, config.kv_heads, config.block_size,
+                   config.head_size, self.dtype)
 
     # ------------------------------------------------------------------------------------------
     # Hugging Face folders (the file format itself is minillm.formats.hf)
@@ -270,8 +311,9 @@ class GPT:
 
     @classmethod
     def from_pretrained(cls, folder, dtype="float32"):
-        """Load a Hugging Face GPT-2 folder (config.json + model.safetensors, and vocab.json +
-        merges.txt when present). The tokenizer, or None, is kept as ``model.tokenizer``."""
+        """Load a Hugging Face GPT-2 or Llama folder (config.json + model.safetensors, and
+        vocab.json + merges.txt when present). The tokenizer, or None, is kept as
+        ``model.tokenizer``."""
         config, params, tokenizer = hf.read_folder(folder, dtype)
         model = cls(config, params=params)
         model.tokenizer = tokenizer
@@ -279,6 +321,6 @@ class GPT:
 
     def save_pretrained(self, folder, tokenizer=None):
         """Write config.json + model.safetensors (+ vocab.json/merges.txt) that Transformers'
-        GPT2LMHeadModel.from_pretrained reads."""
+        GPT2LMHeadModel.from_pretrained reads, or LlamaForCausalLM for a Llama-style config."""
         tokenizer = tokenizer if tokenizer is not None else getattr(self, "tokenizer", None)
         hf.write_folder(folder, self.config, self.params, tokenizer)

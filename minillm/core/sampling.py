@@ -8,10 +8,18 @@ Greedy decoding takes the single most likely token.
 
 KV cache. Without it, every new token reruns the whole context through the model. With it, the
 keys and values of earlier positions are kept, and each step feeds only the newest token (T = 1).
-Positions here are absolute (learned or sinusoidal), so once the context is longer than
-block_size and the window slides by one, every position shifts and the cached keys no longer
-hold: from then on each step recomputes the window of the last block_size tokens, exactly what
-generation without the cache does, so both give the same tokens.
+Once the context is longer than block_size the window slides by one token per step. With
+absolute positions (learned or sinusoidal) every position then shifts and the cached keys no
+longer hold, so by default each step recomputes the window of the last block_size tokens,
+exactly what generation without the cache does: both give the same tokens.
+
+Rolling (``rolling=True``, rotary positions only). A rotary key carries its own position and a
+score depends only on the distance between query and key, so the cache can keep the keys and
+values of the last block_size - 1 positions and go on one token per step (``RollingKVCache``).
+That is faster but not the same model of the window: in every layer after the first, a cached
+key was computed from hidden states that attended to tokens which have since left the window,
+whereas recomputing sees only the window. The next-token distributions drift a little apart
+(measured by ``benchmarks/bench_rolling_cache.py``); exact recomputation stays the default.
 
 Shape legend: T time, V vocabulary.
 """
@@ -69,11 +77,12 @@ def sample_next(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False
 
 
 def generate(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, top_p=None,
-             greedy=False, rng=None, use_cache=True):
+             greedy=False, rng=None, use_cache=True, rolling=False):
     """Yield ``max_new_tokens`` new token ids, one at a time, continuing ``prompt_ids``.
 
-    prompt_ids: list or 1-D int array of length 1 .. block_size. A generator, so callers can
-    print each token as it comes:
+    prompt_ids: list or 1-D int array of length 1 .. block_size. ``rolling``: past block_size,
+    roll the KV cache instead of recomputing the window (rotary positions only; see above).
+    A generator, so callers can print each token as it comes:
 
     >>> from minillm import GPT, GPTConfig
     >>> model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
@@ -97,7 +106,9 @@ def generate(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, 
     if len(context) > block_size:
         raise ValueError(f"the prompt is {len(context)} tokens long, longer than the model's "
                          f"context of block_size={block_size}")
-    kv_cache = model.new_kv_cache() if use_cache else None
+    if rolling and not use_cache:
+        raise ValueError("a rolling KV cache needs the KV cache (use_cache=True)")
+    kv_cache = model.new_kv_cache(rolling=rolling) if use_cache else None
     logits = model.forward(np.array([context]), kv_cache=kv_cache, last_only=True)[0, -1]
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -106,7 +117,7 @@ def generate(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, 
         if step == max_new_tokens - 1:
             return                                           # no logits needed after the last
         context.append(token)
-        if kv_cache is not None and kv_cache.length < block_size:
+        if kv_cache is not None and (rolling or kv_cache.length < block_size):
             logits = model.forward(np.array([[token]]), kv_cache=kv_cache)[0, -1]   # 1 new position
         else:
             window = np.array([context[-block_size:]])                             # (1, T)

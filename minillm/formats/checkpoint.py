@@ -1,4 +1,5 @@
-"""Models on disk: minillm's training checkpoints, and Hugging Face GPT-2 folders as models.
+"""Models on disk: minillm's training checkpoints, and Hugging Face GPT-2 and Llama folders
+as models.
 
 A training run keeps everything in its folder:
 
@@ -24,7 +25,8 @@ wrong numbers. Tensors and metadata are read from one open file, so they come fr
 file that would be refused.
 
 ``load_model(path)`` reads either kind of folder, so every command that starts from a model
-(``sample``, ``finetune``) accepts both.
+(``sample``, ``finetune``) accepts both. A checkpoint written before a config field existed
+loads with that field's default (the GPT-2 block).
 """
 import json
 from dataclasses import dataclass, replace
@@ -215,7 +217,8 @@ def load_checkpoint(path, dtype=None):
     tensors, meta = safetensors.load_with_metadata(path)   # one open file; checksums verified
     if meta.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise ValueError(f"{path} is a safetensors file but not a minillm checkpoint "
-                         f"(format {meta.get('format')!r}); for a GPT-2 folder use --pretrained")
+                         f"(format {meta.get('format')!r}); for a Hugging Face folder use "
+                         "--pretrained")
     if meta["format"] == FORMAT and safetensors.CHECKSUMS not in meta:
         raise ValueError(f"{path} is damaged: a {FORMAT} file has checksums, this one has none")
     config = GPTConfig.from_dict(_json_entry(meta, "model_config", path), f"{path}: model config")
@@ -248,7 +251,7 @@ def load_checkpoint(path, dtype=None):
 
 
 def load_pretrained(folder, dtype="float32"):
-    """Load a Hugging Face GPT-2 folder -> (GPT, BPETokenizer or None).
+    """Load a Hugging Face GPT-2 or Llama folder -> (GPT, BPETokenizer or None).
 
     The same as ``GPT.from_pretrained(folder)`` with the tokenizer handed back beside the model.
 
@@ -260,8 +263,9 @@ def load_pretrained(folder, dtype="float32"):
 
 def load_model(path, log=None):
     """(model, tokenizer, kind) from a minillm run folder or checkpoint file ("minillm") or a
-    GPT-2 folder ("gpt2"). ``log``, if given, gets one line saying which model was loaded (for a
-    run folder: its last state, checkpoint.safetensors; give best.safetensors for the best).
+    Hugging Face GPT-2 ("gpt2") or Llama ("llama") folder. ``log``, if given, gets one line
+    saying which model was loaded (for a run folder: its last state, checkpoint.safetensors;
+    give best.safetensors for the best).
 
     >>> model, tokenizer, kind = load_model("out")                         # doctest: +SKIP
     """
@@ -276,11 +280,13 @@ def load_model(path, log=None):
         if tokenizer is None:
             raise FileNotFoundError(f"{path} has no vocab.json/merges.txt, so its text cannot be "
                                     "encoded; copy the tokenizer files of the model next to it")
+        kind = "llama" if model.config.pos_encoding == "rope" else "gpt2"
         if log is not None:
-            log(f"{path}: a GPT-2 folder, {model.num_params():,} parameters")
-        return model, tokenizer, "gpt2"
+            log(f"{path}: a {'Llama' if kind == 'llama' else 'GPT-2'} folder, "
+                f"{model.num_params():,} parameters")
+        return model, tokenizer, kind
     if (path / BEST).is_file():
         raise FileNotFoundError(f"{path} has {BEST} but no {CHECKPOINT}; give the file: "
                                 f"{path / BEST}")
     raise FileNotFoundError(f"{path} is neither a minillm checkpoint folder ({CHECKPOINT}) nor a "
-                            "GPT-2 folder (config.json + model.safetensors)")
+                            "Hugging Face folder (config.json + model.safetensors)")

@@ -1,25 +1,26 @@
-"""GPT-2 checkpoints in the folder layout of Hugging Face Transformers, read and written.
+"""GPT-2 and Llama checkpoints in the folder layout of Hugging Face Transformers, read and written.
 
-A GPT-2 folder holds
+A folder holds
 
-    config.json          the shape: n_layer, n_head, n_embd, n_positions, vocab_size, ...
-    model.safetensors    the weights, named like minillm's (``h.0.attn.c_attn.weight`` ...),
-                         sometimes with a ``transformer.`` prefix
+    config.json          the shape ("model_type": "gpt2" or "llama"): layers, heads, channels, ...
+    model.safetensors    the weights (or shards listed in model.safetensors.index.json)
     vocab.json           the tokenizer (optional): token string -> id
     merges.txt           the tokenizer (optional): BPE merges in rank order
 
-minillm's parameters already use GPT-2's names and shapes (its linear layers store weights as
-(in, out), like GPT-2's ``Conv1D``), so reading is: read the config, check every tensor, and put
-the arrays in a dict. Nothing is transposed or renamed except the optional prefix. This module
-deals in configs and dicts of arrays; ``GPT.from_pretrained`` / ``GPT.save_pretrained`` (and
-``minillm.load_pretrained``) turn them into models.
+GPT-2's tensors are named like minillm's (``h.0.attn.c_attn.weight`` ...), sometimes with a
+``transformer.`` prefix, and GPT-2's ``Conv1D`` stores weights (in, out) like minillm's linear
+layers: reading is read the config, check every tensor, put the arrays in a dict. Llama's
+tensors (``model.layers.0.self_attn.q_proj.weight`` ...) are renamed, transposed and
+concatenated by ``hf_llama.py``, which has the table. This module deals in configs and dicts of
+arrays; ``GPT.from_pretrained`` / ``GPT.save_pretrained`` (and ``minillm.load_pretrained``) turn
+them into models. Which format ``write_folder`` writes follows from the config: GPT-2's block
+as GPT-2, the Llama-style block (RMSNorm, rotary positions, SwiGLU) as Llama.
 
     >>> config, params, tokenizer = read_folder("gpt2-folder")          # doctest: +SKIP
 
 Shape legend: V vocabulary, C channels (n_embd).
 """
 import json
-import math
 import re
 from pathlib import Path
 
@@ -27,6 +28,8 @@ import numpy as np
 
 from ..core.config import GPTConfig, check_tensors, param_shapes
 from ..tokenizers.bpe import BPETokenizer
+from .hf_llama import (config_from_llama, config_to_llama, llama_problems, params_from_llama,
+                       params_to_llama)
 from ..tokenizers.gpt2_files import GPT2_PATTERN, parse_gpt2_vocab
 from .files import atomic_write_text, read_json
 from .safetensors import load_file, save_file
@@ -52,7 +55,8 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
         return ValueError(f"{path}: {problem}")
 
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise bad(f"model_type is {hf['model_type']!r}; minillm reads GPT-2 checkpoints only")
+        raise bad(f"model_type is {hf['model_type']!r}; minillm reads GPT-2 and Llama "
+                  "checkpoints only")
     if "n_positions" not in hf and "n_ctx" in hf:
         hf = {**hf, "n_positions": hf["n_ctx"]}            # very old configs name it n_ctx
     required = ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd")
@@ -67,19 +71,17 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
     try:
         config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
                            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                           dropout=float(numbers.get("resid_pdrop", 0.0)), dtype=dtype)
+                           dropout=float(numbers.get("resid_pdrop", 0.0)), dtype=dtype,
+                           norm_eps=float(numbers.get("layer_norm_epsilon", LAYER_NORM_EPS)),
+                           intermediate_size=hf.get("n_inner") or 0)
     except ValueError as e:
         raise bad(e) from None
     act = hf.get("activation_function", "gelu_new")
     if act not in GELU_NAMES:
         raise bad(f"activation_function is {act!r}; minillm implements only GPT-2's tanh GELU "
                   f"({' or '.join(GELU_NAMES)})")
-    eps = numbers.get("layer_norm_epsilon", LAYER_NORM_EPS)
-    if not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-6):
-        raise bad(f"layer_norm_epsilon is {eps}; minillm's LayerNorm uses {LAYER_NORM_EPS}")
-    if hf.get("n_inner") not in (None, 4 * config.n_embd):
-        raise bad(f"n_inner is {hf['n_inner']}; minillm's MLP has 4 * n_embd = "
-                  f"{4 * config.n_embd} units")
+    if config.intermediate_size == 4 * config.n_embd:
+        config.intermediate_size = 0                       # the default, 4 * n_embd
     unsupported = {"tie_word_embeddings": False, "scale_attn_weights": False,
                    "scale_attn_by_inverse_layer_idx": True, "add_cross_attention": True}
     for key, value in unsupported.items():
@@ -91,8 +93,27 @@ def config_from_gpt2(hf, dtype="float32", path="config.json"):
     return config
 
 
+def gpt2_problems(config):
+    """What keeps ``config`` from being a GPT-2 checkpoint: a list of reasons (empty: none)."""
+    problems = []
+    if config.pos_encoding != "learned":
+        problems.append(f"{config.pos_encoding!r} positions (GPT-2 has learned positions, "
+                        "wpe.weight)")
+    for name, value in (("norm", "layernorm"), ("mlp", "gelu"), ("bias", True),
+                        ("tie_embeddings", True)):
+        if getattr(config, name) != value:
+            problems.append(f"{name} is {getattr(config, name)!r} (GPT-2 has {value!r})")
+    if config.kv_heads != config.n_head:
+        problems.append(f"{config.kv_heads} key/value heads for {config.n_head} query heads "
+                        "(GPT-2 has as many of each)")
+    return problems
+
+
 def config_to_gpt2(config, tokenizer=None):
     """GPTConfig -> the dict of a GPT-2 config.json that Transformers' GPT2LMHeadModel accepts."""
+    problems = gpt2_problems(config)
+    if problems:
+        raise ValueError(f"not a GPT-2 model: {'; '.join(problems)}")
     eot = getattr(tokenizer, "eot_token", None)
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -103,9 +124,9 @@ def config_to_gpt2(config, tokenizer=None):
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": None,                                   # None means 4 * n_embd
+        "n_inner": config.intermediate_size or None,       # None means 4 * n_embd
         "activation_function": "gelu_new",
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": config.norm_eps,
         "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
         "initializer_range": 0.02,
         "scale_attn_weights": True,
@@ -208,7 +229,7 @@ def _tokenizer_from_json(path, data):
 # ----------------------------------------------------------------------------------------------
 
 def read_folder(folder, dtype="float32"):
-    """A Hugging Face GPT-2 folder -> (GPTConfig, params, BPETokenizer or None).
+    """A Hugging Face GPT-2 or Llama folder -> (GPTConfig, params, BPETokenizer or None).
 
     F16/BF16 weights are converted to ``dtype`` (float32 or float64). A tokenizer with ids the
     model cannot embed (id >= vocab_size) is an error."""
@@ -219,16 +240,18 @@ def read_folder(folder, dtype="float32"):
         raise FileNotFoundError(f"{folder}: checkpoint folder not found")
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path}: not found; a GPT-2 folder needs config.json "
+        raise FileNotFoundError(f"{config_path}: not found; a checkpoint folder needs config.json "
                                 "next to model.safetensors")
     hf = read_json(config_path)
     if not isinstance(hf, dict):
         raise ValueError(f"{config_path}: expected a JSON object")
-    config = config_from_gpt2(hf, dtype, config_path)
+    llama = hf.get("model_type") == "llama"
+    config = (config_from_llama if llama else config_from_gpt2)(hf, dtype, config_path)
     tensors = _read_tensors(folder)
-    files = sorted({str(path) for _, path in tensors.values()})
-    params = params_from_gpt2({name: a for name, (a, _) in tensors.items()}, config,
-                              ", ".join(files))
+    files = ", ".join(sorted({str(path) for _, path in tensors.values()}))
+    tensors = {name: a for name, (a, _) in tensors.items()}
+    params = params_from_llama(tensors, config, files) if llama else \
+        params_from_gpt2(tensors, config, files)
     tokenizer = read_tokenizer(folder)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{folder}: the tokenizer has ids up to {tokenizer.vocab_size - 1}, but "
@@ -237,15 +260,19 @@ def read_folder(folder, dtype="float32"):
 
 
 def write_folder(folder, config, params, tokenizer=None):
-    """Write a GPT-2 folder Transformers can load: config.json, model.safetensors (float32,
-    names ``transformer.*``) and, for a BPE ``tokenizer``, vocab.json + merges.txt.
+    """Write a folder Transformers can load: config.json, model.safetensors (float32) and, for a
+    BPE ``tokenizer``, vocab.json + merges.txt. GPT-2's block is written as GPT2LMHeadModel
+    (names ``transformer.*``), the Llama-style block (RMSNorm, rotary positions, SwiGLU) as
+    LlamaForCausalLM (with a tokenizer_config.json naming GPT-2's tokenizer class, so
+    ``AutoTokenizer`` reads vocab.json + merges.txt); any other mix is an error.
 
     Everything is checked before anything is written; every file is written atomically and the
     folder is created if needed."""
-    if config.pos_encoding != "learned":
-        raise ValueError(f"a model with {config.pos_encoding!r} positions cannot be saved as "
-                         "GPT-2, which has learned positions (wpe.weight); train with "
-                         "pos_encoding='learned' to export")
+    gpt2, llama = gpt2_problems(config), llama_problems(config)
+    if gpt2 and llama:
+        raise ValueError("this model can be saved neither as GPT-2 (it has "
+                         f"{'; '.join(gpt2)}) nor as Llama (its {'; '.join(llama)}); keep it as a "
+                         "minillm checkpoint (save_checkpoint)")
     if tokenizer is not None:
         if not isinstance(tokenizer, BPETokenizer):
             raise ValueError(f"only a BPETokenizer can be written as vocab.json + merges.txt, got "
@@ -261,10 +288,18 @@ def write_folder(folder, config, params, tokenizer=None):
     check_tensors(params, param_shapes(config), "the model's parameters")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {"transformer." + name: np.asarray(array, dtype=np.float32)
-               for name, array in params.items()}
+    if not gpt2:
+        tensors = {"transformer." + name: np.asarray(array, dtype=np.float32)
+                   for name, array in params.items()}
+        hf_config = config_to_gpt2(config, tokenizer)
+    else:
+        tensors, hf_config = params_to_llama(params, config), config_to_llama(config, tokenizer)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.to_gpt2(folder)
-    atomic_write_text(folder / "config.json",
-                      json.dumps(config_to_gpt2(config, tokenizer), indent=2) + "\n")
+        if gpt2:
+            eot = "<|endoftext|>" if tokenizer.eot_token is not None else None
+            atomic_write_text(folder / "tokenizer_config.json", json.dumps(
+                {"tokenizer_class": "GPT2Tokenizer", "model_max_length": config.block_size,
+                 "bos_token": eot, "eos_token": eot, "unk_token": eot}, indent=2) + "\n")
+    atomic_write_text(folder / "config.json", json.dumps(hf_config, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """Fine-tuning: continue training a saved model on a new text, fully or through LoRA adapters.
 
-    base  = a minillm checkpoint folder, or a GPT-2 folder (config.json + model.safetensors +
-            vocab.json + merges.txt, the Hugging Face layout)
+    base  = a minillm checkpoint folder, or a GPT-2 or Llama folder (config.json +
+            model.safetensors + vocab.json + merges.txt, the Hugging Face layout)
     ids   = tokenizer(new text)         a character the vocabulary lacks is an error, unless
                                         --extend-vocab appends it (one new row of wte each)
     full: every weight W is trained (on a copy: the base files are only read)
@@ -50,9 +50,9 @@ SCHEDULE = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters")   # set
 class FinetuneConfig:
     """What to start from, what to train on, and how gently (one CLI flag per field)."""
     init_from: str = field(default=None, metadata={
-        "help": "the model to start from: a minillm checkpoint folder, or a GPT-2 folder in the "
-                "Hugging Face layout (config.json, model.safetensors, vocab.json, merges.txt); "
-                "only read, never written"})
+        "help": "the model to start from: a minillm checkpoint folder, or a GPT-2 or Llama "
+                "folder in the Hugging Face layout (config.json, model.safetensors, vocab.json, "
+                "merges.txt); only read, never written"})
     data: str = field(default=None, metadata={
         "help": "the new text: a UTF-8 file or a dataset name"})
     out_dir: str = field(default=None, metadata={
@@ -97,7 +97,8 @@ class FinetuneConfig:
         "help": "another text (e.g. the base model's training text) whose loss on its last tenth "
                 "is measured at every evaluation: how much of it the model forgets"})
     export_pretrained: str = field(default=None, metadata={
-        "help": "also save the result as a GPT-2 folder here (GPT-2/BPE models only)"})
+        "help": "also save the result as a Hugging Face folder here (GPT-2 or Llama, BPE "
+                "models only)"})
     sample_tokens: int = field(default=200, metadata={
         "help": "tokens sampled at the end (0: none)", "min": 0})
 
@@ -164,7 +165,8 @@ def list_chars(chars, limit=20):
 
 
 def add_token_rows(model, n_new, rng):
-    """A new GPT with ``n_new`` rows appended to the token embedding wte (V, C) -> (V + n, C).
+    """A new GPT with ``n_new`` rows appended to the token embedding wte (V, C) -> (V + n, C)
+    (and to an untied output layer lm_head, of the same shape).
 
     The rows are drawn N(0, 0.02) (GPT-2's initialisation) in float64, then cast to the model's
     dtype; old rows, and every other array, are the model's own (``model`` is not changed).
@@ -174,10 +176,14 @@ def add_token_rows(model, n_new, rng):
     >>> add_token_rows(m, 2, np.random.default_rng(0)).params["wte.weight"].shape
     (7, 4)
     """
-    wte = model.params["wte.weight"]
-    rows = rng.normal(0.0, 0.02, size=(n_new, wte.shape[1])).astype(wte.dtype)
-    config = replace(model.config, vocab_size=wte.shape[0] + n_new)
-    return GPT(config, params={**model.params, "wte.weight": np.concatenate([wte, rows])})
+    params = dict(model.params)
+    for name in ("wte.weight", "lm_head.weight"):
+        if name in params:
+            table = params[name]
+            rows = rng.normal(0.0, 0.02, size=(n_new, table.shape[1])).astype(table.dtype)
+            params[name] = np.concatenate([table, rows])
+    config = replace(model.config, vocab_size=model.config.vocab_size + n_new)
+    return GPT(config, params=params)
 
 
 def fit_vocabulary(model, tokenizer, text, extend, rng):
@@ -227,11 +233,12 @@ def _finetune(config, optim_config, log, progress, out_dir):
     # 1. the base model, and the new text encoded with its tokenizer (all checked before training)
     model, tokenizer, kind = load_model(config.init_from)
     log(f"base: {config.init_from} "
-        f"({'minillm checkpoint' if kind == 'minillm' else 'GPT-2 folder'}), "
+        f"({'minillm checkpoint' if kind == 'minillm' else kind + ' folder'}), "
         f"{model.num_params():,} parameters, vocab {model.config.vocab_size}")
     if config.export_pretrained and not hasattr(tokenizer, "to_gpt2"):
-        raise ValueError("--export-pretrained writes a GPT-2 folder, whose vocab.json + merges.txt "
-                         "describe a BPE tokenizer; a character model cannot be exported that way")
+        raise ValueError("--export-pretrained writes a Hugging Face folder, whose vocab.json + "
+                         "merges.txt describe a BPE tokenizer; a character model cannot be "
+                         "exported that way")
     try:
         text, description = load_text(config.data)
     except IsADirectoryError as e:
@@ -298,5 +305,5 @@ def _finetune(config, optim_config, log, progress, out_dir):
     final = current()
     if config.export_pretrained:
         final.save_pretrained(config.export_pretrained, tokenizer)
-        log(f"exported a GPT-2 folder to {config.export_pretrained}")
+        log(f"exported a Hugging Face folder to {config.export_pretrained}")
     return FinetuneResult(final, tokenizer, state, model, lora, trainable, total, added, seconds)

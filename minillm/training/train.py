@@ -426,6 +426,11 @@ def _train(run, model_config, optim_config, log):
     log(f"model: {model.num_params():,} parameters, vocab {config.vocab_size}, "
         f"{config.n_layer} layers x {config.n_head} heads x {config.n_embd} channels, "
         f"context {config.block_size}, {config.dtype}")
+    if (config.norm, config.pos_encoding, config.mlp) != ("layernorm", "learned", "gelu"):
+        log(f"block: {config.norm}, {config.pos_encoding} positions, {config.mlp} MLP of "
+            f"{config.inner_size}, {config.kv_heads} key/value heads, "
+            f"{'biases' if config.bias else 'no biases'}, "
+            f"{'tied' if config.tie_embeddings else 'untied'} embeddings")
     configs = {"train": asdict(run), "optim": asdict(optim_config)}
 
     def save(state):                     # the last state, what --resume continues
