@@ -50,11 +50,11 @@ def add_token_rows(model, n_new, rng):
     return GPT(config, params=params)
 
 
-def fit_vocabulary(model, tokenizer, text, extend, rng, what="the new text",
+def fit_vocabulary(model, tokenizer, text, extend, rng, what="the new text has",
                    other="remove them from the text"):
     """(model, tokenizer, added characters) able to encode ``text``, or a ValueError listing
-    the characters a character model lacks when ``extend`` is False (``what`` names the text,
-    ``other`` the way out besides --extend-vocab)."""
+    the characters a character model lacks when ``extend`` is False (``what`` begins the
+    message, "the new text has"; ``other`` is the way out besides --extend-vocab)."""
     if not isinstance(tokenizer, CharTokenizer):
         if extend:
             raise ValueError("--extend-vocab works for character models only; a GPT-2 (byte-level "
@@ -62,7 +62,7 @@ def fit_vocabulary(model, tokenizer, text, extend, rng, what="the new text",
         return model, tokenizer, []
     missing = tokenizer.missing(text)
     if missing and not extend:
-        raise ValueError(f"{what} holds {len(missing)} characters the model's vocabulary "
+        raise ValueError(f"{what} {len(missing)} characters the model's vocabulary "
                          f"lacks: {list_chars(missing)}; pass --extend-vocab to add them (or "
                          f"{other})")
     if not missing:

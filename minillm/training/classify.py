@@ -298,7 +298,7 @@ def prepare_parts(config, model, tokenizer, log):
                 f"({list_chars(missing)})")
     model, tokenizer, added = fit_vocabulary(
         model, tokenizer, "".join(texts), config.extend_vocab,
-        np.random.default_rng((config.seed, 1)), what="the labelled texts",
+        np.random.default_rng((config.seed, 1)), what="the labelled texts have",
         other="--map-chars to replace them by characters it knows")
     if added:
         log(f"vocabulary: added {len(added)} characters ({list_chars(added)}) as ids "

@@ -315,7 +315,7 @@ def prepare_examples(config, model, tokenizer, log, template=TEMPLATE):
             f"({list_chars(added)}); added them as new ids")
     text = "".join(r[k] for records in parts.values() for r in records for k in FIELDS)
     model, tokenizer, more = fit_vocabulary(
-        model, tokenizer, text, config.extend_vocab, rng, what="the instruction records",
+        model, tokenizer, text, config.extend_vocab, rng, what="the instruction records have",
         other="--map-chars to replace them by characters it knows")
     if more:
         log(f"vocabulary: added {len(more)} characters ({list_chars(more)})")
