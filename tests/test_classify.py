@@ -111,7 +111,7 @@ def test_frozen_features_give_the_models_logits(trainable):
     part = parts["train"]
     direct = classifier_logits(gpt, head, part.ids, part.lengths, "mean")
     assert np.allclose(clf.logits("train"), direct, rtol=1e-12, atol=1e-12)
-    pooled = frozen_features(model, part, pool="mean")
+    pooled = frozen_features(model, part, pools=("mean",))["mean"]
     assert np.allclose(pooled @ head[HEAD[0]] + head[HEAD[1]], direct, rtol=1e-12, atol=1e-12)
 
 

@@ -74,21 +74,23 @@ def classifier_logits(model, head, ids, lengths, pool, batch_size=64):
     return out
 
 
-def frozen_features(model, part, *, pool=None, first=None, batch_size=64):
-    """One pass of the frozen ``model`` over every text of ``part``: the pooled final hidden
-    states (N, C) (``pool``), or the residual stream entering block ``first`` (N, T, C), zero
-    on padding."""
+def frozen_features(model, part, *, pools=(), first=None, batch_size=64):
+    """One pass of the frozen ``model`` over every text of ``part``: {pool: the pooled final
+    hidden states (N, C) for each of ``pools``, "residual": the residual stream entering block
+    ``first`` (N, T, C), zero on padding, if ``first`` is given}."""
     N, T = part.ids.shape
     C = model.config.n_embd
-    out = np.zeros((N, C) if first is None else (N, T, C), dtype=model.dtype)
+    out = {pool: np.zeros((N, C), dtype=model.dtype) for pool in pools}
+    if first is not None:
+        out["residual"] = np.zeros((N, T, C), dtype=model.dtype)
     for rows in length_batches(part.lengths, batch_size):
         L = part.lengths[rows]
         n = int(L.max())
-        h, cache = model.forward_with_cache(part.ids[rows, :n], lm_head=False)
-        if first is None:
-            out[rows] = pool_forward(h, L, pool)[0]
-        else:
-            out[rows, :n] = block_input(cache, first)
+        h, cache = model.forward_with_cache(part.ids[rows, :n], lm_head=False)   # (B, n, C)
+        for pool in pools:
+            out[pool][rows] = pool_forward(h, L, pool)[0]
+        if first is not None:
+            out["residual"][rows, :n] = block_input(cache, first)
     return out
 
 
@@ -108,6 +110,8 @@ class Classifier:
     doc). What ``train_loop`` trains: ``params`` (the arrays AdamW updates, head included),
     ``loss_and_grads(rows, labels, rng)`` on the training rows; ``logits(name)`` gives the class
     logits of a part, ``current()`` the plain (GPT, head) to save. ``model`` is only read.
+    ``features`` ({part: frozen_features(...)}, with the pool, or "residual" of block L - k)
+    saves the frozen pass when several classifiers share one model.
 
     >>> from minillm import GPTConfig
     >>> gpt = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=2, n_head=1, n_embd=4))
@@ -118,7 +122,7 @@ class Classifier:
     """
 
     def __init__(self, model, n_classes, parts, *, trainable="all", pool="mean", top_blocks=1,
-                 lora_config=None, rng=None):
+                 lora_config=None, rng=None, features=None):
         if trainable not in TRAINABLE:
             raise ValueError(f"unknown trainable {trainable!r}; use one of {TRAINABLE}")
         config = model.config
@@ -128,9 +132,12 @@ class Classifier:
         self.head = init_head(config.n_embd, n_classes, config.dtype)
         self.first = config.n_layer - top_blocks if trainable == "top" else None
         self.lora, self.model, body = None, model, {}
-        if trainable in ("head", "top"):              # the frozen part runs once, here
-            self.features = {name: frozen_features(model, part, pool=pool, first=self.first)
-                             for name, part in parts.items()}
+        if trainable in ("head", "top") and features is None:    # the frozen part runs once
+            features = {name: frozen_features(model, part, pools=(pool,), first=self.first)
+                        for name, part in parts.items()}
+        if trainable in ("head", "top"):              # pooled (N, C) or residual (N, T, C)
+            self.features = {name: f[pool if trainable == "head" else "residual"]
+                             for name, f in features.items()}
         if trainable == "top":
             body = {name: p.copy() for name, p in model.params.items() if name.startswith(
                 ("ln_f.",) + tuple(f"h.{i}." for i in range(self.first, config.n_layer)))}
