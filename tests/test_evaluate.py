@@ -27,6 +27,8 @@ def test_eval_on_a_text_and_its_last_tenth(char_base, tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--split", "test"], "a text has no test part"),
     (["--data", "missing.txt"], "is not a known dataset"),
+    (["--data", "missing.jsonl"], "the records file missing.jsonl does not exist"),
+    (["--data", "sentiment"], "is labelled data, for a classifier"),
 ])
 def test_eval_errors_are_clear(char_base, tmp_path, capsys, args, message):
     data = tmp_path / "t.txt"
@@ -40,3 +42,11 @@ def test_eval_refuses_characters_the_model_lacks(char_base, tmp_path, capsys):
     data.write_text(TEXT + "5 €\n", encoding="utf-8")
     assert main(["eval", "--ckpt", str(char_base), "--data", str(data)]) == 1
     assert "'5', '€'" in capsys.readouterr().err
+
+
+def test_eval_of_records_without_tasks(char_base, tmp_path, capsys):
+    data = tmp_path / "r.jsonl"
+    data.write_text('{"instruction": "say", "output": "hi"}\n', encoding="utf-8")
+    result = evaluate(EvalConfig(ckpt=str(char_base), data=str(data)), log=print)
+    assert result["instruct"]["counts"] == {}
+    assert "(1 records)" in capsys.readouterr().out

@@ -27,7 +27,7 @@ from .classify import classifier_logits, prepare_texts
 from .data import load_text, split
 from .instruct import (FIELDS, TEMPLATE, Template, encode_records, exact_match, exact_report,
                        instruct_parts, read_records)
-from .labelled import load_labelled, map_chars, split_labelled
+from .labelled import LABELLED_DATASETS, load_labelled, map_chars, split_labelled
 from .metrics import classification_metrics, metrics_report, text_metrics, text_report
 
 SPLITS = ("all", "val", "test")
@@ -67,8 +67,11 @@ def evaluate(config, log=print):
     kind = (task or {}).get("task", "text")
     if kind == "classify":
         return {"classify": eval_classifier(model, tokenizer, task, head, config, log)}
-    if kind == "instruct" or is_records(config.data):
+    if is_records(config.data):
         return {"instruct": eval_instructions(model, tokenizer, task, config, log)}
+    if config.data in LABELLED_DATASETS or Path(config.data).suffix.lower() in (".tsv", ".csv"):
+        raise ValueError(f"{config.data} is labelled data, for a classifier; {config.ckpt} is "
+                         "not one (make one with python -m minillm finetune --task classify)")
     return {"text": eval_text(model, tokenizer, config, log)}
 
 
@@ -120,8 +123,11 @@ def eval_classifier(model, tokenizer, task, head, config, log):
 def eval_instructions(model, tokenizer, task, config, log):
     template = Template.from_dict(task["template"]) if task and "template" in task else TEMPLATE
     if config.split == "all":
+        if config.data != "tasks" and not Path(config.data).expanduser().exists():
+            raise FileNotFoundError(f"the records file {config.data} does not exist (or give "
+                                    "tasks, the generated instruction tasks)")
         records = ([r for part in instruct_parts("tasks").values() for r in part]
-                   if config.data == "tasks" else read_records(config.data))
+                   if config.data == "tasks" else read_records(Path(config.data).expanduser()))
     else:
         s = (task or {}).get("split", {})
         parts = instruct_parts(config.data, s.get("seed", 0), s.get("val_frac", 0.1))
@@ -150,7 +156,8 @@ def eval_instructions(model, tokenizer, task, config, log):
         + ("" if task and task.get("task") == "instruct" else
            " (the default: this model was not instruction-tuned)"))
     scores, _ = exact_match(model, tokenizer, fits, template)
-    counts = {t: sum(r["task"] == t for r in fits) for t in scores if t != "all"}
-    log(exact_report(scores, "exact match (greedy)") + "\n  records per task: "
-        + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+    counts = {t: sum(r.get("task") == t for r in fits) for t in scores if t != "all"}
+    log(exact_report(scores, "exact match (greedy)") + (
+        "\n  records per task: " + ", ".join(f"{t} {n:,}" for t, n in counts.items())
+        if counts else f" ({len(fits):,} records)"))
     return {"exact_match": scores, "counts": counts}
