@@ -120,8 +120,8 @@ class FinetuneConfig:
         "help": "classify, --trainable top: how many of the last blocks learn", "min": 1})
     pool: str = field(default="mean", metadata={
         "help": "classify: what the head reads, the mean of the hidden states of a text's "
-                "tokens, or the last token's (a character model's last token is mostly '.', "
-                "a weaker summary)", "choices": POOLS})
+                "tokens, or the last token's (for a review, mostly a '.'; notebook 14 measures "
+                "both)", "choices": POOLS})
     keep: str = field(default="last", metadata={
         "help": "classify: a text longer than the context keeps its last or its first "
                 "block_size tokens", "choices": KEEP})
