@@ -1,4 +1,5 @@
-"""The command line: ``python -m minillm train | sample | finetune | export | grade``.
+"""The command line: ``python -m minillm train | sample | finetune | classify | eval | tasks |
+export | grade``.
 
 Options are built from the dataclass configs (GPTConfig, OptimConfig, TrainConfig, ...): one
 ``--flag`` per field, with the field's default, help text and (where the field lists them)
@@ -25,14 +26,19 @@ from .core.fields import check_fields, option_type
 from .core.optim import OptimConfig
 from .core.sampling import generate
 from .exercises.grade import GradeConfig, grade_command
-from .formats.checkpoint import describe_run, load_model
+from .formats.checkpoint import describe_run, load_model, load_task_model
 from .formats.files import lock_folder, os_error
 from .tokenizers import BPETokenizer, CharTokenizer, stream_decode
+from .training.classify import METRICS, classify_texts
 from .training.data import DownloadError
+from .training.evaluate import EvalConfig, evaluate
 from .training.finetune import SCHEDULE, FinetuneConfig, check_config, finetune
+from .training.instruct import TEMPLATE, Template, respond
+from .training.labelled import map_chars
 from .training.malloc import keep_freed_memory
+from .training.tasks import write_tasks
 from .training.train import TrainConfig, TrainingDiverged, train
-from .training.viz import plot_losses
+from .training.viz import plot_confusion, plot_losses
 
 
 def _given(namespace, dest):
@@ -119,6 +125,12 @@ class SampleConfig:
     rolling_cache: bool = dataclasses.field(default=False, metadata={
         "help": "past the context length, keep the last block_size positions' keys and values "
                 "instead of recomputing the window (rotary positions only; faster, not exact)"})
+    instruction: str = dataclasses.field(default=None, metadata={
+        "help": "ask an instruction model (finetune --task instruct): the instruction is put "
+                "into its prompt template, and the response is printed up to its end marker"})
+    input: str = dataclasses.field(default=None, metadata={
+        "help": "with --instruction: the input it applies to (e.g. --instruction reverse "
+                "--input hello)"})
 
     def __post_init__(self):
         check_fields(self)
@@ -182,26 +194,79 @@ def cmd_sample(args):
     if (config.ckpt is None) == (config.pretrained is None):
         raise ValueError("give exactly one of --ckpt DIR (a minillm run or a Hugging Face folder) "
                          "or --pretrained DIR (a GPT-2 or Llama folder)")
-    model, tokenizer, _ = load_model(config.ckpt or config.pretrained,
-                                     log=lambda line: print(f"sampling {line}", file=sys.stderr))
-    sample_text(model, tokenizer, config)
+    if config.input is not None and config.instruction is None:
+        raise ValueError("--input goes with --instruction (the instruction it is for)")
+    if config.instruction is not None and "prompt" in getattr(args, "given_options", ()):
+        raise ValueError("give --prompt (a text to continue) or --instruction, not both")
+    model, tokenizer, _, task, _ = load_task_model(
+        config.ckpt or config.pretrained,
+        log=lambda line: print(f"sampling {line}", file=sys.stderr))
+    if config.instruction is None:
+        sample_text(model, tokenizer, config)
+    else:
+        answer_instruction(model, tokenizer, task, config)
     return 0
+
+
+def answer_instruction(model, tokenizer, task, config, out=None):
+    """Print the response to config.instruction (and config.input) in the model's template,
+    stopping at its end marker; returns it."""
+    out = sys.stdout if out is None else out
+    record = {"instruction": config.instruction, "input": config.input or ""}
+    if task is not None and task.get("task") == "instruct":
+        template = Template.from_dict(task["template"])
+        if task.get("map_chars") and isinstance(tokenizer, CharTokenizer):
+            record = {k: map_chars(v, tokenizer.stoi) for k, v in record.items()}
+    else:
+        template = TEMPLATE
+        print("note: this model was not instruction-tuned (finetune --task instruct); using the "
+              "default template", file=sys.stderr)
+    pieces = respond(model, tokenizer, record, template, config.max_new_tokens,
+                     temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                     greedy=config.greedy, rng=np.random.default_rng(config.seed))
+    first = next(pieces, "")              # every error of the prompt comes before any output
+    text = [first]
+    try:
+        out.write(first)
+        for piece in pieces:
+            text.append(piece)
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        out.flush()
+    except OSError as e:
+        raise os_error(e, "writing the response to", "the standard output") from None
+    return "".join(text)
 
 
 def cmd_finetune(args):
     config = config_from_args(FinetuneConfig, args)
     optim_config = config_from_args(OptimConfig, args)      # schedule: FinetuneConfig's
     check_config(config)                    # before out_dir is locked (it may be --init-from)
+    out = Path(config.out_dir)
     with lock_folder(config.out_dir):
         result = finetune(config, optim_config)
         state = result.state
-        plot_losses(state["history"], Path(config.out_dir) / "loss.png", "minillm fine-tuning",
+        plot_losses(state["history"], out / "loss.png", f"minillm fine-tuning ({config.task})",
                     labels={"watch": f"{config.watch_data} (last tenth)"})
+        if config.task == "classify":
+            test = result.metrics["test"]
+            plot_confusion(test["confusion"], test["labels"], out / "confusion.png",
+                           f"test, iteration {state['iter']}: accuracy {test['accuracy']:.3f}")
+    files = [("adapters.safetensors", "the LoRA adapters of the last state", result.lora),
+             (METRICS, "test and validation metrics of the last state" if config.task ==
+              "classify" else "exact match on validation records", config.task != "text"),
+             ("loss.png", "the loss curves", True),
+             ("confusion.png", "the test confusion matrix", config.task == "classify")]
     print("\n" + describe_run(config.out_dir, state)
-          + ("\n  adapters.safetensors    the LoRA adapters of the last state" if result.lora
-             else "") + "\n  loss.png                the loss curves"
+          + "".join(f"\n  {name:<23} {what}" for name, what, shown in files if shown)
           + ("\n(stopped early by an interruption)" if state.get("interrupted") else ""))
-    if config.sample_tokens > 0:
+    if config.task == "classify":
+        print(f"label new text with: python -m minillm classify --ckpt {config.out_dir} TEXT")
+    elif config.task == "instruct":
+        print(f"ask it with: python -m minillm sample --ckpt {config.out_dir} --greedy "
+              "--instruction TEXT [--input TEXT]")
+    elif config.sample_tokens > 0:
         print(f"--- a sample of {config.sample_tokens} tokens of the last state "
               "(temperature 0.8) ---")
         sample_text(result.model, result.tokenizer, SampleConfig(
@@ -236,6 +301,62 @@ def cmd_export(args):
     return 0
 
 
+@dataclasses.dataclass
+class ClassifyConfig:
+    """Which classifier labels the texts."""
+    ckpt: str = dataclasses.field(default=None, metadata={
+        "help": "a classifier's run folder or checkpoint file (finetune --task classify)"})
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+def cmd_classify(args):
+    config = config_from_args(ClassifyConfig, args)
+    if not config.ckpt:
+        raise ValueError("give --ckpt DIR, a classifier made by finetune --task classify")
+    model, tokenizer, _, task, head = load_task_model(
+        config.ckpt, log=lambda line: print(f"classifying with {line}", file=sys.stderr))
+    if not task or task.get("task") != "classify":
+        raise ValueError(f"{config.ckpt} is not a classifier (it has no classification head); "
+                         "make one with python -m minillm finetune --task classify")
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    labels, probs = classify_texts(model, head, task, tokenizer, texts)
+    try:
+        for label, p, text in zip(labels, probs, texts):
+            sys.stdout.write(f"{label}\t{p:.3f}\t{text.strip()}\n")
+    except OSError as e:
+        raise os_error(e, "writing the labels to", "the standard output") from None
+    return 0
+
+
+def cmd_eval(args):
+    evaluate(config_from_args(EvalConfig, args))
+    return 0
+
+
+@dataclasses.dataclass
+class TasksConfig:
+    """Where to write the generated instruction tasks."""
+    out_dir: str = dataclasses.field(default=None, metadata={
+        "help": "folder for train.jsonl, val.jsonl and test.jsonl"})
+    seed: int = dataclasses.field(default=0, metadata={
+        "help": "seed of the split of words and number pairs", "min": 0})
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+def cmd_tasks(args):
+    config = config_from_args(TasksConfig, args)
+    if not config.out_dir:
+        raise ValueError("give --out-dir DIR for train.jsonl, val.jsonl and test.jsonl")
+    counts = write_tasks(config.out_dir, config.seed)
+    print(f"wrote {config.out_dir}/: " + ", ".join(f"{part}.jsonl ({n:,} records)"
+                                                  for part, n in counts.items()))
+    return 0
+
+
 def cmd_grade(args):
     return grade_command(args.paths, config_from_args(GradeConfig, args), sys.stdout,
                          progress=sys.stderr)
@@ -263,8 +384,8 @@ def build_parser():
     add_config_args(p, SampleConfig, title="sampling")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("finetune", help="continue training a saved model (or a GPT-2 or Llama "
-                       "folder) on a "
-                       "new text, fully or with LoRA adapters", formatter_class=formatter)
+                       "folder) on a new text, fully or with LoRA adapters, or fine-tune it "
+                       "into a classifier or an instruction follower", formatter_class=formatter)
     add_config_args(p, FinetuneConfig, title="fine-tuning")
     add_config_args(p, OptimConfig, skip=SCHEDULE, title="optimizer")
     p.set_defaults(func=cmd_finetune)
@@ -273,6 +394,21 @@ def build_parser():
                        formatter_class=formatter)
     add_config_args(p, ExportConfig, title="export")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("classify", help="label texts with a classifier made by finetune "
+                       "--task classify", formatter_class=formatter)
+    p.add_argument("texts", nargs="*", metavar="TEXT",
+                   help="texts to label (none: one text per line of standard input)")
+    add_config_args(p, ClassifyConfig, title="classify")
+    p.set_defaults(func=cmd_classify)
+    p = sub.add_parser("eval", help="measure a model on data: loss and perplexity on a text, "
+                       "accuracy of a classifier, exact match of an instruction model",
+                       formatter_class=formatter)
+    add_config_args(p, EvalConfig, title="evaluation")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("tasks", help="write the generated instruction tasks as JSON lines",
+                       formatter_class=formatter)
+    add_config_args(p, TasksConfig, title="tasks")
+    p.set_defaults(func=cmd_tasks)
     p = sub.add_parser("grade", help="run exercise notebooks and tabulate their checks (see "
                        "exercises/README.md)", formatter_class=formatter)
     p.add_argument("paths", nargs="+", metavar="PATH",

@@ -40,3 +40,20 @@ def shakespeare():
     """Tiny Shakespeare, the copy that ships with minillm."""
     from minillm.training.data import load_text
     return load_text("shakespeare")[0]
+
+
+CHARS = "\n !',.:?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="session")
+def char_base(tmp_path_factory):
+    """A small untrained character model saved as a minillm run folder (letters, space, newline,
+    some punctuation; context 48), for the fine-tuning tests."""
+    from minillm import GPT, GPTConfig, CharTokenizer
+    from minillm.formats.checkpoint import save_checkpoint
+    folder = tmp_path_factory.mktemp("char-base")
+    tokenizer = CharTokenizer(CHARS)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=48, n_layer=2, n_head=2,
+                       n_embd=32)
+    save_checkpoint(folder, GPT(config, seed=0), tokenizer, state={})
+    return folder

@@ -264,3 +264,51 @@ def test_load_model_reads_both_kinds_of_folder(run, tmp_path):
         load_model(tmp_path / "gpt2")
     with pytest.raises(FileNotFoundError, match="neither a minillm checkpoint folder"):
         load_model(tmp_path / "nothing")
+
+
+CLASSIFY = {"task": "classify", "labels": ["no", "yes", "maybe"], "pool": "mean"}
+
+
+def classifier_head(K=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"classifier.weight": rng.normal(size=(16, K)).astype(np.float32),
+            "classifier.bias": rng.normal(size=K).astype(np.float32)}
+
+
+def test_a_classifier_keeps_its_head_and_labels(run, tmp_path):
+    _, model, tokenizer = run
+    head = classifier_head()
+    save_checkpoint(tmp_path / "clf", model, tokenizer, head=head, task=CLASSIFY)
+    ckpt = load_checkpoint(tmp_path / "clf")
+    assert ckpt.task == CLASSIFY
+    assert all(np.array_equal(ckpt.head[k], head[k]) for k in head)
+    assert all(np.array_equal(ckpt.model.params[k], v) for k, v in model.params.items())
+    assert load_checkpoint(run[0]).task is None and load_checkpoint(run[0]).head is None
+    instruct = {"task": "instruct", "template": {"with_input": "Q: {instruction}: {input}\nA: ",
+                                                 "without_input": "Q: {instruction}\nA: ",
+                                                 "end": "\n\n"}}
+    save_checkpoint(tmp_path / "sft", model, tokenizer, task=instruct)
+    assert load_checkpoint(tmp_path / "sft").task == instruct
+
+
+@pytest.mark.parametrize("head, task, message", [
+    ("head", None, "a classification head but no task"),
+    (None, CLASSIFY, "missing 2 tensor"),
+    ("wrong", CLASSIFY, r"tensor 'classifier.weight' has shape \(16, 2\), expected \(16, 3\)"),
+    ("head", {**CLASSIFY, "labels": ["no", "no", "yes"]}, "two or more distinct names"),
+    ("head", {**CLASSIFY, "pool": "max"}, "'pool' must be one of"),
+    ("head", {"task": "text"}, "a 'text' model has no classification head"),
+    (None, {"task": "poetry"}, "whose 'task' is one of"),
+    (None, {"task": "instruct", "template": {"end": ""}}, "'template' must be an object"),
+])
+def test_a_task_that_does_not_fit_is_refused_on_save_and_load(run, tmp_path, head, task, message):
+    _, model, tokenizer = run
+    tensors = {"head": classifier_head(), "wrong": classifier_head(K=2), None: None}[head]
+    with pytest.raises(ValueError, match=message):
+        save_checkpoint(tmp_path / "a", model, tokenizer, head=tensors, task=task)
+    stored, meta = parts(run)
+    stored.update(tensors or {})
+    if task is not None:
+        meta["task"] = json.dumps(task)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(write_checkpoint(tmp_path / "b.safetensors", stored, meta))

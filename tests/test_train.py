@@ -340,3 +340,32 @@ def test_sigterm_saves_and_exits_cleanly(corpus, tmp_path):
     assert 0 < load_checkpoint(out).state["iter"] < 100000
     assert sorted(os.listdir(out)) == ["best.safetensors", "checkpoint.safetensors",
                                        "tokenizer.json"]
+
+
+def test_the_loop_takes_other_batches_and_measurements(tmp_path):
+    """A task that is not language modelling brings next_batch and measure; extra numbers are
+    printed and kept in history["eval_extra"], and the best is still chosen by val loss."""
+    model = GPT(GPTConfig(vocab_size=7, n_layer=1, n_head=1, n_embd=8, block_size=4))
+    drawn, messages = [], []
+
+    def next_batch(rng):
+        drawn.append(1)
+        x = rng.integers(0, 7, size=(2, 4))
+        return x, x
+
+    def measure(it):
+        return {"train": 1.0, "val": 2.0 - it / 10, "val_accuracy": it / 10}
+
+    class Messages(Quiet):
+        def message(self, text):
+            messages.append(text)
+
+    config = TrainConfig(out_dir=str(tmp_path), max_iters=4, batch_size=2, eval_interval=2,
+                         eval_iters=1)
+    state = train_loop(model, AdamW(model.params), {}, config, OptimConfig(), new_state(0),
+                       lambda s: None, progress=Messages(), next_batch=next_batch,
+                       measure=measure)
+    assert len(drawn) == 4
+    assert state["history"]["eval_extra"]["val_accuracy"] == [[0, 0.0], [2, 0.2], [4, 0.4]]
+    assert state["best_iter"] == 4
+    assert "step 2: train loss 1.0000, val loss 1.8000, val accuracy 0.2000" in messages

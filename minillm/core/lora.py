@@ -251,12 +251,24 @@ class LoRA:
         The model's backward gives dW_eff for every weight (and gradients of the frozen
         parameters, which are simply dropped); ``lora_merge_backward`` turns dW_eff into dA, dB.
         """
+        view, caches = self.merged_view()
+        loss, grads = view.loss_and_grads(idx, targets, train=train, rng=rng)
+        return loss, self.adapter_grads(grads, caches)
+
+    def merged_view(self):
+        """(a GPT reading W_eff = W + s A B for each adapted weight and the base arrays
+        elsewhere, the merge caches). Any loss works through it: run the view's forward and
+        backward (a classifier on its hidden states, say), then ``adapter_grads``."""
         params, caches = self._effective()
-        loss, grads = self._view(params).loss_and_grads(idx, targets, train=train, rng=rng)
+        return self._view(params), caches
+
+    def adapter_grads(self, grads, caches):
+        """{adapter name: gradient} from the gradients of the view's weights (``grads``, a dict
+        by parameter name holding at least every adapted weight) and ``merged_view``'s caches."""
         out = {}
         for w, (a_name, _, b_name, _) in self._names.items():
             out[a_name], out[b_name] = lora_merge_backward(grads[w], caches[w])
-        return loss, {name: out[name] for name in self.adapters}
+        return {name: out[name] for name in self.adapters}
 
     def merge(self):
         """A new, independent plain GPT whose logits equal base + adapters."""

@@ -12,6 +12,12 @@ A training run keeps everything in its folder:
       tokenizer.json           the same tokenizer, for reading by people and other tools
       loss.png                 the loss curves, drawn at the end of a run
 
+A fine-tuned model also says what it was fine-tuned for: the metadata entry "task" (JSON) is
+{"task": "classify", "labels": [names], "pool": ..., ...} for a classifier, whose head is saved
+beside the GPT as the tensors classifier.weight (C, K) and classifier.bias (K,), or {"task":
+"instruct", "template": {...}, ...} for an instruction model (the prompt template and end marker
+that ``sample --instruction`` and ``eval`` apply). A checkpoint without it is a language model.
+
 The save policy (``train.train_loop``): at every evaluation, on Ctrl-C or SIGTERM and at the
 end, the latest state replaces checkpoint.safetensors; when the validation loss improved, the
 model also replaces best.safetensors (written first, so a run killed between the two writes never
@@ -32,6 +38,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..core.classifier import HEAD, POOLS
 from ..core.config import GPTConfig, check_tensors, param_shapes
 from ..core.model import GPT
 from ..tokenizers import tokenizer_from_dict
@@ -42,6 +49,8 @@ BEST = "best.safetensors"                  # the model at the lowest validation 
 TOKENIZER = "tokenizer.json"
 FORMAT = "minillm-checkpoint-2"            # with checksums
 LEGACY_FORMAT = "minillm-checkpoint-1"     # minillm 0.2 and before: read without checksums
+TASKS = ("text", "classify", "instruct")    # what a model was fine-tuned for (metadata "task")
+TEMPLATE_KEYS = ("with_input", "without_input", "end")
 
 
 def checkpoint_path(path):
@@ -108,15 +117,55 @@ def check_model(config, params, tokenizer, source):
                          f"only {config.vocab_size} (vocab_size)")
 
 
-def save_checkpoint(out_dir, model, tokenizer, *, optimizer=None, state=None, name=CHECKPOINT):
+def check_task(task, head, config, source):
+    """ValueError naming ``source`` unless ``task`` (None, or what the model was fine-tuned
+    for) and ``head`` (the classifier's tensors, or None) fit each other and the model: a
+    "classify" task has two or more distinct label names, a pooling of POOLS and a head of
+    shapes (C, K), (K,); an "instruct" task a template of three strings; no other task has a
+    head."""
+    def bad(what):
+        return ValueError(f"{source}: damaged task metadata: {what}")
+
+    if task is None:
+        if head:
+            raise bad("the file holds a classification head but no task (labels)")
+        return
+    if not isinstance(task, dict) or task.get("task") not in TASKS:
+        raise bad(f"expected an object whose 'task' is one of {TASKS}, got {task!r:.80}")
+    if task["task"] != "classify" and head:
+        raise bad(f"a {task['task']!r} model has no classification head")
+    if task["task"] == "instruct":
+        template = task.get("template")
+        if not (isinstance(template, dict) and all(
+                isinstance(template.get(k), str) and template[k] for k in TEMPLATE_KEYS)):
+            raise bad(f"'template' must be an object of non-empty strings {TEMPLATE_KEYS}")
+    if task["task"] != "classify":
+        return
+    labels = task.get("labels")
+    if not (isinstance(labels, list) and len(labels) >= 2 and len(set(labels)) == len(labels)
+            and all(isinstance(label, str) and label for label in labels)):
+        raise bad(f"'labels' must be a list of two or more distinct names, got {labels!r:.80}")
+    if task.get("pool") not in POOLS:
+        raise bad(f"'pool' must be one of {POOLS}, got {task.get('pool')!r}")
+    K = len(labels)
+    check_tensors(head or {}, {HEAD[0]: (config.n_embd, K), HEAD[1]: (K,)},
+                  f"{source} (the classification head)")
+
+
+def save_checkpoint(out_dir, model, tokenizer, *, optimizer=None, state=None, name=CHECKPOINT,
+                    head=None, task=None):
     """Write model (+ optimizer) and a JSON-able ``state`` dict to out_dir/``name``, after
     checking them as ``load_checkpoint`` would (ValueError instead of a file it would refuse).
+    A fine-tuned model also gets its ``task`` (metadata) and, for a classifier, its ``head``
+    ({"classifier.weight": (C, K), "classifier.bias": (K,)}).
 
     >>> save_checkpoint("out", model, tokenizer, optimizer=opt, state={"iter": 1})  # doctest: +SKIP
     """
     path = Path(out_dir) / name
     check_model(model.config, model.params, tokenizer, path)
+    check_task(task, head, model.config, path)
     tensors = {f"params.{k}": v for k, v in model.params.items()}
+    tensors.update(head or {})
     if optimizer is not None:
         if set(optimizer.m) != set(model.params):
             raise ValueError(f"{path}: the optimizer's state is for other tensors than the model")
@@ -134,6 +183,8 @@ def save_checkpoint(out_dir, model, tokenizer, *, optimizer=None, state=None, na
         "tokenizer": json.dumps(tokenizer.to_dict()),
         "state": state_json,
     }
+    if task is not None:
+        metadata["task"] = json.dumps(task)
     safetensors.save_file(tensors, path, metadata=metadata, checksums=True)
     return path
 
@@ -151,6 +202,8 @@ class Checkpoint:
     adam: dict                # {"t", "m", "v"} for AdamW.load_state_dict, or None
     state: dict               # iteration, RNG state, loss history, configs
     path: Path
+    task: dict = None         # what the model was fine-tuned for (None: a language model)
+    head: dict = None         # a classifier's {"classifier.weight", "classifier.bias"}, or None
 
     def describe(self):
         """Which model this is, in one line: the last state of its run or its best model,
@@ -227,15 +280,22 @@ def load_checkpoint(path, dtype=None):
     tokenizer = tokenizer_from_dict(_json_entry(meta, "tokenizer", path), f"{path}: tokenizer")
     state = _json_entry(meta, "state", path)
     check_state(state, path)
+    task = _json_entry(meta, "task", path) if "task" in meta else None
     groups = {"params.": {}, "adam.m.": {}, "adam.v.": {}}
+    head = {}
     for name, array in tensors.items():
+        if name in HEAD:
+            head[name] = array
+            continue
         prefix = next((p for p in groups if name.startswith(p)), None)
         if prefix is None:
             raise ValueError(f"{path}: unexpected tensor {name!r} (expected params.*, adam.m.*, "
-                             "adam.v.*)")
+                             "adam.v.*, classifier.*)")
         groups[prefix][name[len(prefix):]] = array
     params, m, v = groups.values()
     check_model(config, params, tokenizer, path)       # before the cast: an int tensor is refused
+    check_task(task, head, config, path)
+    head = {k: head[k].astype(config.dtype, copy=False) for k in HEAD} if head else None
     expected = param_shapes(config)
     params = {k: params[k].astype(config.dtype, copy=False) for k in expected}  # GPT-2's order
     adam = None
@@ -247,7 +307,7 @@ def load_checkpoint(path, dtype=None):
             raise ValueError(f"{path}: AdamW's second moment of {negative!r} holds negative "
                              "values (a mean of squares cannot)")
         adam = {"t": state.get("adam_t", 0), "m": m, "v": v}
-    return Checkpoint(GPT(config, params=params), tokenizer, adam, state, path)
+    return Checkpoint(GPT(config, params=params), tokenizer, adam, state, path, task, head)
 
 
 def load_pretrained(folder, dtype="float32"):
@@ -269,12 +329,24 @@ def load_model(path, log=None):
 
     >>> model, tokenizer, kind = load_model("out")                         # doctest: +SKIP
     """
+    return load_task_model(path, log)[:3]
+
+
+def load_task_model(path, log=None):
+    """(model, tokenizer, kind, task, head): ``load_model``'s three, and what the model was
+    fine-tuned for (the checkpoint's task metadata; None for a language model and for a Hugging
+    Face folder) with a classifier's head (or None).
+
+    >>> model, tokenizer, kind, task, head = load_task_model("out-clf")     # doctest: +SKIP
+    >>> task["labels"]                                                      # doctest: +SKIP
+    ['negative', 'positive']
+    """
     path = Path(path).expanduser()
     if path.is_file() or (path / CHECKPOINT).is_file():
         ckpt = load_checkpoint(path)
         if log is not None:
             log(ckpt.describe())
-        return ckpt.model, ckpt.tokenizer, "minillm"
+        return ckpt.model, ckpt.tokenizer, "minillm", ckpt.task, ckpt.head
     if (path / "config.json").is_file():
         model, tokenizer = load_pretrained(path)
         if tokenizer is None:
@@ -284,7 +356,7 @@ def load_model(path, log=None):
         if log is not None:
             log(f"{path}: a {'Llama' if kind == 'llama' else 'GPT-2'} folder, "
                 f"{model.num_params():,} parameters")
-        return model, tokenizer, kind
+        return model, tokenizer, kind, None, None
     if (path / BEST).is_file():
         raise FileNotFoundError(f"{path} has {BEST} but no {CHECKPOINT}; give the file: "
                                 f"{path / BEST}")

@@ -1,23 +1,36 @@
-"""Fine-tuning: continue training a saved model on a new text, fully or through LoRA adapters.
+"""Fine-tuning: continue training a saved model on a new text, fully or through LoRA adapters;
+or fine-tune it for a task: a text classifier, or an instruction follower.
 
     base  = a minillm checkpoint folder, or a GPT-2 or Llama folder (config.json +
             model.safetensors + vocab.json + merges.txt, the Hugging Face layout)
-    ids   = tokenizer(new text)         a character the vocabulary lacks is an error, unless
-                                        --extend-vocab appends it (one new row of wte each)
+    task  = text      more language modelling on a new text (the default)
+            classify  a classification head on the hidden states (``classify.py``): labelled
+                      texts (a TSV, CSV or JSONL file, or the dataset "sentiment"), split
+                      train / validation / test stratified by class
+            instruct  Alpaca-style records (a JSONL file, or the generated "tasks") in one
+                      prompt template, the loss on the response only (``instruct.py``)
+    ids   = tokenizer(data)             a character the vocabulary lacks is an error, unless
+                                        --extend-vocab appends it (one new row of wte each),
+                                        or (classify, instruct) --map-chars replaces it
     full: every weight W is trained (on a copy: the base files are only read)
     LoRA: W stays frozen, only A (in, r) and B (r, out) are trained:
             out = x @ W + (alpha / r) * (x @ A) @ B
           and at the end W_eff = W + (alpha / r) * A @ B is saved as an ordinary checkpoint
+    classify also: the head alone (--trainable head), or the head and the last k blocks (top)
 
 The loop is ``train_loop``, the same as ``minillm train``'s; only the defaults differ (see
 FinetuneConfig): the weights are already good, so the steps are smaller and the run is short.
 
     out_dir/checkpoint.safetensors    the last state of the fine-tuned model (LoRA: merged),
-                                      loads like any run
+                                      loads like any run; a classifier's head and label names,
+                                      an instruction model's template, are in it too
     out_dir/best.safetensors          the model at the lowest validation loss (LoRA: merged)
     out_dir/tokenizer.json            its tokenizer (extended if characters were added)
     out_dir/adapters.safetensors      LoRA only: A and B alone, written at every save
-    out_dir/loss.png                  written by the command line at the end
+    out_dir/metrics.json              classify: test and validation metrics of the last state;
+                                      instruct: exact match on validation records
+    out_dir/loss.png                  written by the command line at the end (and, classify,
+                                      confusion.png, the test confusion matrix)
 
 The run holds out_dir (a second run into it is refused) and refuses an out_dir that already
 holds a run unless --overwrite is given; nothing is written before the first save.
@@ -32,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.classifier import POOLS
 from ..core.fields import check_fields
 from ..core.lora import LoRA, LoRAConfig
 from ..core.model import GPT
@@ -39,16 +53,27 @@ from ..core.optim import AdamW, OptimConfig
 from ..formats.checkpoint import BEST, TOKENIZER, load_model, run_files, save_checkpoint
 from ..formats.files import lock_folder
 from ..tokenizers import CharTokenizer
+from .adapt import add_token_rows, fit_vocabulary, learner, list_chars, lora_config  # noqa: F401
+from .classify import TRAINABLE, finetune_classifier
 from .data import load_text
+from .instruct import finetune_instruct
+from .labelled import KEEP
 from .train import check_memory, encode_splits, new_state, train_loop
 
 ADAPTERS = "adapters.safetensors"
 SCHEDULE = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters")   # set by FinetuneConfig
+TASKS = ("text", "classify", "instruct")
 
 
 @dataclass
 class FinetuneConfig:
     """What to start from, what to train on, and how gently (one CLI flag per field)."""
+    task: str = field(default="text", metadata={
+        "help": "text: more language modelling on --data; classify: a classifier of labelled "
+                "texts (a .tsv/.txt file of text<TAB>label lines, .csv with text,label columns, "
+                ".jsonl with text and label, or the dataset sentiment); instruct: follow "
+                "instructions (a .jsonl file of Alpaca records instruction, input, output, or "
+                "the generated dataset tasks)", "choices": TASKS})
     init_from: str = field(default=None, metadata={
         "help": "the model to start from: a minillm checkpoint folder, or a GPT-2 or Llama "
                 "folder in the Hugging Face layout (config.json, model.safetensors, vocab.json, "
@@ -86,8 +111,41 @@ class FinetuneConfig:
     extend_vocab: bool = field(default=False, metadata={
         "help": "character models: append the new text's unknown characters to the vocabulary "
                 "(new rows of wte ~ N(0, 0.02); existing ids unchanged)"})
+    trainable: str = field(default="all", metadata={
+        "help": "what learns: all (every weight); lora (LoRA adapters, needs --lora-rank); "
+                "classify only: top (the last --top-blocks blocks and ln_f, the rest frozen) or "
+                "head (nothing of the model); a classifier's head always learns",
+        "choices": TRAINABLE})
+    top_blocks: int = field(default=1, metadata={
+        "help": "classify, --trainable top: how many of the last blocks learn", "min": 1})
+    pool: str = field(default="mean", metadata={
+        "help": "classify: what the head reads, the mean of the hidden states of a text's "
+                "tokens, or the last token's (for a review, mostly a '.'; notebook 14 measures "
+                "both)", "choices": POOLS})
+    keep: str = field(default="last", metadata={
+        "help": "classify: a text longer than the context keeps its last or its first "
+                "block_size tokens", "choices": KEEP})
+    head_lr: float = field(default=3e-3, metadata={
+        "help": "classify: peak learning rate of the head, which starts at zero (it follows "
+                "the same schedule, scaled)", "above": 0.0})
+    val_frac: float = field(default=0.1, metadata={
+        "help": "classify, instruct: share held out for validation (classify: of each class)",
+        "above": 0.0, "below": 1.0})
+    test_frac: float = field(default=0.1, metadata={
+        "help": "classify: share of each class held out for the test at the end",
+        "above": 0.0, "below": 1.0})
+    split_seed: int = field(default=0, metadata={
+        "help": "classify, instruct: seed of the train / validation / test split (its own, so "
+                "that runs with different --seed share one test set)", "min": 0})
+    map_chars: bool = field(default=False, metadata={
+        "help": "classify, instruct, character models: replace characters the vocabulary "
+                "lacks instead of refusing them (digits -> '3', quotes -> \"'\", brackets -> "
+                "',', accents dropped, anything else -> ' '; minillm/training/labelled.py)"})
+    mask_prompt: bool = field(default=True, metadata={
+        "help": "instruct: train on the response tokens only (targets -1 on the prompt); "
+                "--no-mask-prompt trains on every token"})
     lora_rank: int = field(default=0, metadata={
-        "help": "rank r of LoRA adapters; 0 = full fine-tuning of every weight", "min": 0})
+        "help": "rank r of LoRA adapters (same as --trainable lora); 0 = no LoRA", "min": 0})
     lora_alpha: float = field(default=16.0, metadata={
         "help": "LoRA scale numerator: updates are scaled by alpha / r", "above": 0.0})
     lora_targets: str = field(default=",".join(LoRAConfig().targets), metadata={
@@ -118,6 +176,9 @@ class FinetuneResult:
     total: int = 0      # parameters of the model (LoRA: base + adapters)
     added: list = None  # characters appended to the vocabulary
     seconds: float = 0.0
+    head: dict = None   # classify: {"classifier.weight": (C, K), "classifier.bias": (K,)}
+    task: dict = None   # classify, instruct: what the checkpoint says about the task
+    metrics: dict = None  # classify: test and val metrics; instruct: exact match on val
 
 
 def check_config(config):
@@ -131,6 +192,22 @@ def check_config(config):
                          f"{config.learning_rate}")
     if config.lora_rank:
         lora_config(config)                                       # checks the LoRA settings
+    if config.trainable == "lora" and not config.lora_rank:
+        raise ValueError("--trainable lora needs --lora-rank R (e.g. 8)")
+    if config.lora_rank and config.trainable not in ("all", "lora"):
+        raise ValueError(f"--lora-rank trains LoRA adapters; it does not go with --trainable "
+                         f"{config.trainable}")
+    if config.trainable in ("top", "head") and config.task != "classify":
+        raise ValueError(f"--trainable {config.trainable} is for --task classify (a head on "
+                         "the hidden states); use all or lora")
+    if config.task != "text" and config.watch_data:
+        raise ValueError("--watch-data is for --task text")
+    if config.task == "classify" and config.export_pretrained:
+        raise ValueError("--export-pretrained writes a language model; a classifier's head has "
+                         "no place in a Hugging Face GPT-2 folder")
+    if config.task == "classify" and config.val_frac + config.test_frac >= 1.0:
+        raise ValueError(f"--val-frac {config.val_frac} and --test-frac {config.test_frac} "
+                         "leave nothing to train on")
     init = Path(config.init_from).expanduser()
     init_dir = (init.parent if init.is_file() else init).resolve()
     for flag, folder in (("--out-dir", config.out_dir),
@@ -138,11 +215,6 @@ def check_config(config):
         if folder and Path(folder).expanduser().resolve() == init_dir:
             raise ValueError(f"{flag} {folder} is the folder of --init-from; fine-tuning never "
                              f"modifies the original model, so give a new folder")
-
-
-def lora_config(config):
-    """The LoRAConfig of a FinetuneConfig with lora_rank > 0 (ValueError on bad settings)."""
-    return LoRAConfig(rank=config.lora_rank, alpha=config.lora_alpha, targets=config.lora_targets)
 
 
 def schedule_config(config, optim_config=None):
@@ -156,54 +228,6 @@ def schedule_config(config, optim_config=None):
     return replace(optim_config or OptimConfig(), learning_rate=config.learning_rate,
                    min_lr=config.min_lr, warmup_iters=min(config.warmup_iters, config.max_iters),
                    lr_decay_iters=config.max_iters)
-
-
-def list_chars(chars, limit=20):
-    """"'é', 'ß', '€'": the characters' reprs, at most ``limit`` of them, then "and N more"."""
-    shown = ", ".join(repr(c) for c in chars[:limit])
-    return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
-
-
-def add_token_rows(model, n_new, rng):
-    """A new GPT with ``n_new`` rows appended to the token embedding wte (V, C) -> (V + n, C)
-    (and to an untied output layer lm_head, of the same shape).
-
-    The rows are drawn N(0, 0.02) (GPT-2's initialisation) in float64, then cast to the model's
-    dtype; old rows, and every other array, are the model's own (``model`` is not changed).
-
-    >>> from minillm import GPTConfig
-    >>> m = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
-    >>> add_token_rows(m, 2, np.random.default_rng(0)).params["wte.weight"].shape
-    (7, 4)
-    """
-    params = dict(model.params)
-    for name in ("wte.weight", "lm_head.weight"):
-        if name in params:
-            table = params[name]
-            rows = rng.normal(0.0, 0.02, size=(n_new, table.shape[1])).astype(table.dtype)
-            params[name] = np.concatenate([table, rows])
-    config = replace(model.config, vocab_size=model.config.vocab_size + n_new)
-    return GPT(config, params=params)
-
-
-def fit_vocabulary(model, tokenizer, text, extend, rng):
-    """(model, tokenizer, added characters) able to encode ``text``, or a ValueError listing
-    the characters a character model lacks when ``extend`` is False."""
-    if not isinstance(tokenizer, CharTokenizer):
-        if extend:
-            raise ValueError("--extend-vocab works for character models only; a GPT-2 (byte-level "
-                             "BPE) tokenizer can already encode any text")
-        return model, tokenizer, []
-    missing = tokenizer.missing(text)
-    if missing and not extend:
-        raise ValueError(f"the new text has {len(missing)} characters the model's vocabulary "
-                         f"lacks: {list_chars(missing)}; pass --extend-vocab to add them (or "
-                         f"remove them from the text)")
-    if not missing:
-        return model, tokenizer, []
-    tokenizer = tokenizer.extend(missing)              # old ids unchanged, new ones at the end
-    n_new = tokenizer.vocab_size - model.config.vocab_size
-    return (add_token_rows(model, n_new, rng) if n_new > 0 else model), tokenizer, missing
 
 
 def encode_checked(text, tokenizer, description, block_size):
@@ -226,19 +250,27 @@ def finetune(config, optim_config=None, log=print, progress=None):
         if found and not config.overwrite:
             raise ValueError(f"{out_dir} already holds a run ({', '.join(found)}); give "
                              "--overwrite to replace it, or another --out-dir")
-        return _finetune(config, optim_config, log, progress, out_dir)
+        model, tokenizer, kind = load_model(config.init_from)
+        log(f"base: {config.init_from} "
+            f"({'minillm checkpoint' if kind == 'minillm' else kind + ' folder'}), "
+            f"{model.num_params():,} parameters, vocab {model.config.vocab_size}")
+        if config.export_pretrained and not hasattr(tokenizer, "to_gpt2"):
+            raise ValueError("--export-pretrained writes a Hugging Face folder, whose vocab.json "
+                             "+ merges.txt describe a BPE tokenizer; a character model cannot be "
+                             "exported that way")
+        if config.task == "text":
+            return _finetune(config, optim_config, log, progress, out_dir, model, tokenizer)
+        run = finetune_classifier if config.task == "classify" else finetune_instruct
+        result = FinetuneResult(**run(config, optim_config, model, tokenizer, out_dir, log,
+                                      progress))
+        if config.export_pretrained:
+            result.model.save_pretrained(config.export_pretrained, result.tokenizer)
+            log(f"exported a Hugging Face folder to {config.export_pretrained}")
+        return result
 
 
-def _finetune(config, optim_config, log, progress, out_dir):
-    # 1. the base model, and the new text encoded with its tokenizer (all checked before training)
-    model, tokenizer, kind = load_model(config.init_from)
-    log(f"base: {config.init_from} "
-        f"({'minillm checkpoint' if kind == 'minillm' else kind + ' folder'}), "
-        f"{model.num_params():,} parameters, vocab {model.config.vocab_size}")
-    if config.export_pretrained and not hasattr(tokenizer, "to_gpt2"):
-        raise ValueError("--export-pretrained writes a Hugging Face folder, whose vocab.json + "
-                         "merges.txt describe a BPE tokenizer; a character model cannot be "
-                         "exported that way")
+def _finetune(config, optim_config, log, progress, out_dir, model, tokenizer):
+    # 1. the new text encoded with the base model's tokenizer (all checked before training)
     try:
         text, description = load_text(config.data)
     except IsADirectoryError as e:
@@ -262,22 +294,7 @@ def _finetune(config, optim_config, log, progress, out_dir):
     # 2. what is trained: adapters A and B next to frozen weights, or a copy of every weight
     check_memory(model.config, config.batch_size, copies=2 if config.lora_rank else 5,
                  what="fine-tuning")                # LoRA: base + merged; full: base + 4 copies
-    if config.lora_rank:
-        lora = LoRA(model, lora_config(config), rng=np.random.default_rng((config.seed, 2)))
-        trained, params = lora, lora.adapters                  # AdamW sees A and B only
-        trainable, total = lora.num_trainable(), lora.num_total()
-        if added:
-            log(f"note: LoRA trains the adapters only, so the {len(added)} new embedding rows keep "
-                "their random values; full fine-tuning (no --lora-rank) learns them")
-        how = (f", LoRA rank {lora.config.rank} alpha {lora.config.alpha:g} on "
-               f"{', '.join(lora.config.targets)}")
-    else:
-        lora, how = None, ""
-        trained = GPT(model.config, seed=config.seed,
-                      params={k: v.copy() for k, v in model.params.items()})   # base untouched
-        params = trained.params
-        trainable = total = trained.num_params()
-    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%){how}")
+    trained, params, lora, trainable, total = learner(model, config, log, added)
     # 3. the loop of `minillm train`, saving into out_dir (never into init_from)
     optimizer = AdamW.from_config(params, optim_config)
     state = new_state(config.seed)

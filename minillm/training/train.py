@@ -137,8 +137,9 @@ class Progress:
             return
         ms = 1000.0 * float(np.median(self.times[-50:]))
         eta = (self.total - it - 1) * ms / 1000.0
+        speed = f"{self.tokens / ms * 1000.0:,.0f} tok/s | " if self.tokens else ""
         line = (f"iter {it + 1:>{len(str(self.total))}}/{self.total} | loss {loss:.4f} | "
-                f"lr {lr:.2e} | {ms:.1f} ms/it | {self.tokens / ms * 1000.0:,.0f} tok/s | "
+                f"lr {lr:.2e} | {ms:.1f} ms/it | {speed}"
                 f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
         self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
         self.stream.flush()
@@ -188,7 +189,7 @@ def diverged(what, value, it, first_it, out_dir, saved_at):
 
 
 def train_loop(model, optimizer, splits, run, optim_config, state, save, progress=None,
-               block_size=None, save_best=None):
+               block_size=None, save_best=None, next_batch=None, measure=None):
     """Run iterations state["iter"] .. run.max_iters - 1 of ``model`` (anything with
     ``loss_and_grads``/``loss``), saving with ``save(state)``.
 
@@ -201,11 +202,27 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
     while fine-tuning), which are only evaluated: history["eval_extra"][name] collects their
     [iter, loss] pairs.
 
+    Other tasks than language modelling (a classifier, instruction tuning) bring their own
+    batches and measurements: ``next_batch(rng) -> (x, y)``, what ``model.loss_and_grads(x, y,
+    rng=rng)`` takes (default: ``get_batch`` on splits["train"]), and ``measure(it) ->
+    {"train": loss, "val": loss, name: value, ...}`` (default: ``estimate_loss`` on every split,
+    its batches drawn by a generator seeded by (seed, it)); names other than "train" and "val"
+    are printed and collected in history["eval_extra"][name] as well.
+
     The save policy: ``save(state)`` after every evaluation, on a stop request (Ctrl-C,
     SIGTERM) and at the end; before it, ``save_best(state)`` (if given) when the validation loss
     improved. A non-finite loss raises TrainingDiverged before anything is saved.
     """
-    block_size = model.config.block_size if block_size is None else block_size
+    if block_size is None:
+        block_size = model.config.block_size if hasattr(model, "config") else 0
+    if next_batch is None:
+        def next_batch(rng):
+            return get_batch(splits["train"], block_size, run.batch_size, rng)
+    if measure is None:
+        def measure(it):
+            rng = np.random.default_rng((run.seed, it))
+            return estimate_loss(model, splits, block_size=block_size,
+                                 batch_size=run.batch_size, eval_iters=run.eval_iters, rng=rng)
     rng = rng_from_state(state["rng"])
     history = state["history"]
     progress = progress or Progress(run.max_iters, run.batch_size * block_size, run.log_interval)
@@ -213,19 +230,21 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
     saved_at = first_it if history["train"] or history["eval"] else None    # (a resumed run)
 
     def evaluate(it):
-        losses = estimate_loss(model, splits, block_size=block_size, batch_size=run.batch_size,
-                               eval_iters=run.eval_iters, rng=np.random.default_rng((run.seed, it)))
+        losses = measure(it)
         bad = next((name for name, loss in losses.items() if not math.isfinite(loss)), None)
         if bad:
             raise diverged(f"the {bad} loss", losses[bad], it, first_it, run.out_dir, saved_at)
         history["eval"].append([it, losses["train"], losses["val"]])
-        for name in [n for n in splits if n not in ("train", "val")]:
+        extra = [name for name in losses if name not in ("train", "val")]
+        for name in extra:
             history.setdefault("eval_extra", {}).setdefault(name, []).append([it, losses[name]])
         improved = losses["val"] < state["best_val"]
         if improved:
             state["best_val"], state["best_iter"] = losses["val"], it
         progress.message(f"step {it}: train loss {losses['train']:.4f}, "
-                         f"val loss {losses['val']:.4f}")
+                         f"val loss {losses['val']:.4f}"
+                         + "".join(f", {name.replace('_', ' ')} {losses[name]:.4f}"
+                                   for name in extra))
         return improved
 
     def checkpoint(it, best=False):
@@ -242,7 +261,7 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
             if it % run.eval_interval == 0 and not evaluated:
                 checkpoint(it, best=evaluate(it))
             t0 = time.perf_counter()
-            x, y = get_batch(splits["train"], block_size, run.batch_size, rng)
+            x, y = next_batch(rng)
             with np.errstate(over="ignore", invalid="ignore"):     # checked just below
                 loss, grads = model.loss_and_grads(x, y, rng=rng)
                 norm = clip_grad_norm(grads, optim_config.grad_clip) \
