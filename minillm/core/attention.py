@@ -31,17 +31,21 @@ from .rope import rope_backward, rope_forward
 
 
 @functools.lru_cache(maxsize=64)
-def causal_mask(T, S, dtype):
+def causal_mask(T, S, dtype, keys_first=False):
     """Additive mask (T, S): 0 where query i may look at key j, -inf where j is in its future.
 
     Query i sits at absolute position i + (S - T) (the last T of S positions), so it sees keys
-    j <= i + S - T. Adding the mask is cheaper than a ``np.where`` over the scores.
+    j <= i + S - T. Adding the mask is cheaper than a ``np.where`` over the scores. With
+    ``keys_first`` the same (T, S) mask is a view of (S, T) memory, laid out like the scores of
+    ``sdpa_forward`` (adding arrays of two layouts is several times slower).
 
     >>> causal_mask(2, 3, np.float32)
     array([[  0.,   0., -inf],
            [  0.,   0.,   0.]], dtype=float32)
     """
     mask = np.triu(np.full((T, S), -np.inf, dtype=dtype), k=1 + S - T)
+    if keys_first:
+        mask = np.ascontiguousarray(mask.T).T
     mask.flags.writeable = False
     return mask
 
@@ -67,9 +71,13 @@ def sdpa_forward(q, k, v, *, causal=True, dropout=0.0, rng=None, train=False):
     ((1, 3, 4), (1, 3, 3))
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    att = (q * scale) @ k.swapaxes(-1, -2)             # (..., T, S) the scores s = q.k / sqrt(hs)
+    # The scores s = q.k / sqrt(hs), (..., T, S). They are computed as (k q^T)^T: the same
+    # numbers, laid out in memory key by key, so that the softmax's sums and maxima over the
+    # keys run along memory's outer axis, which NumPy does several times faster than along a
+    # short inner one. ``att`` is a view; everything below reads it as (..., T, S).
+    att = (k @ (q * scale).swapaxes(-1, -2)).swapaxes(-1, -2)      # (..., T, S)
     if causal:
-        att += causal_mask(q.shape[-2], k.shape[-2], att.dtype)
+        att += causal_mask(q.shape[-2], k.shape[-2], att.dtype, keys_first=True)
     att, _ = softmax_forward(att, inplace=True)        # the layers' softmax, in the scores' array
     att_d, drop = dropout_forward(att, dropout, rng=rng, train=train)
     out = att_d @ v                                    # (..., T, hs)
@@ -86,7 +94,8 @@ def sdpa_backward(dout, cache):
     q, k, v, att, drop, scale = cache
     att_d = att if drop.mask is None else att * drop.mask
     dv = att_d.swapaxes(-1, -2) @ dout                 # (..., S, hs)
-    datt = dropout_backward(dout @ v.swapaxes(-1, -2), drop)  # (..., T, S)
+    datt = (v @ dout.swapaxes(-1, -2)).swapaxes(-1, -2)       # (..., T, S) laid out as att
+    datt = dropout_backward(datt, drop)
     ds = softmax_backward(datt, SoftmaxCache(att))
     ds *= scale
     dq = ds @ k                                        # (..., T, hs)

@@ -40,6 +40,7 @@ from ..formats.checkpoint import BEST, TOKENIZER, load_model, run_files, save_ch
 from ..formats.files import lock_folder
 from ..tokenizers import CharTokenizer
 from .data import load_text
+from .parallel import grad_accum_field, workers_field
 from .train import check_memory, encode_splits, new_state, train_loop
 
 ADAPTERS = "adapters.safetensors"
@@ -101,6 +102,8 @@ class FinetuneConfig:
                 "models only)"})
     sample_tokens: int = field(default=200, metadata={
         "help": "tokens sampled at the end (0: none)", "min": 0})
+    workers: int = workers_field()
+    grad_accum_steps: int = grad_accum_field()
 
     def __post_init__(self):
         check_fields(self)
