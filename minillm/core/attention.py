@@ -28,6 +28,14 @@ import numpy as np
 from .layers import (DropoutCache, LinearCache, SoftmaxCache, dropout_backward, dropout_forward,
                      linear_backward, linear_forward, softmax_backward, softmax_forward)
 from .rope import rope_backward, rope_forward
+from .tiled_attention import (TiledAttentionCache, tiled_attention_backward,
+                              tiled_attention_forward)
+
+
+# From this many query positions on, mha_forward computes attention by tiles (tiled_attention.py:
+# the (T, S) scores are never formed); below it the plain attention is faster in NumPy
+# (python benchmarks/bench_tiled_attention.py measures the crossover on this machine).
+TILED_MIN_T = 192
 
 
 @functools.lru_cache(maxsize=64)
@@ -193,13 +201,15 @@ class MHACache(NamedTuple):
     c_attn: LinearCache          # x -> q, k, v
     rope: object                 # RoPECache (cos, sin (T, hs)) of q and k, None without RoPE
     sdpa: SDPACache              # q (B, nkv, g, T, hs); k, v (B, nkv, 1, S, hs)
+                                 # (a TiledAttentionCache from TILED_MIN_T positions on)
     c_proj: LinearCache          # heads side by side -> out
 
     @property
     def att(self):
         """The attention weights, (B, nh, T, S), head h = j * g + r for group j."""
-        B, nkv, g, T, S = self.sdpa.att.shape
-        return self.sdpa.att.reshape(B, nkv * g, T, S)
+        att = self.sdpa.att                            # (tiled: recomputed here)
+        B, nkv, g, T, S = att.shape
+        return att.reshape(B, nkv * g, T, S)
 
 
 def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
@@ -235,8 +245,11 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=
     if kv_cache is not None:
         k, v = kv_cache.append(layer, k, v)                            # (B, nkv, S, hs)
     q = q.reshape(B, n_kv, n_head // n_kv, T, hs)                      # (B, nkv, g, T, hs)
-    y, sdpa_cache = sdpa_forward(q, k[:, :, None], v[:, :, None], causal=True, dropout=dropout,
-                                 rng=rng, train=train)                 # (B, nkv, g, T, hs)
+    if T >= TILED_MIN_T and not (train and dropout > 0.0):           # long contexts: by tiles
+        y, sdpa_cache = tiled_attention_forward(q, k[:, :, None], v[:, :, None])
+    else:
+        y, sdpa_cache = sdpa_forward(q, k[:, :, None], v[:, :, None], causal=True,
+                                     dropout=dropout, rng=rng, train=train)  # (B, nkv, g, T, hs)
     y = y.reshape(B, n_head, T, hs).transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side
     out, c_proj_cache = linear_forward(y, c_proj_w, c_proj_b)          # (B, T, C)
     return out, MHACache(c_attn_cache, rope_cache, sdpa_cache, c_proj_cache)
@@ -255,7 +268,9 @@ def mha_backward(dout, cache):
     n_head = n_kv * g
     dy, dc_proj_w, dc_proj_b = linear_backward(dout, cache.c_proj)     # (B, T, C)
     dy = dy.reshape(B, T, n_kv, g, hs).transpose(0, 2, 3, 1, 4)        # (B, nkv, g, T, hs)
-    dq, dk, dv = sdpa_backward(dy, cache.sdpa)                         # dk, dv (B, nkv, g, T, hs)
+    backward = tiled_attention_backward if isinstance(cache.sdpa, TiledAttentionCache) \
+        else sdpa_backward
+    dq, dk, dv = backward(dy, cache.sdpa)                              # dk, dv (B, nkv, g, T, hs)
     dq = dq.reshape(B, n_head, T, hs)
     dk, dv = sum_groups(dk), sum_groups(dv)                            # (B, nkv, T, hs)
     if cache.rope is not None:
