@@ -35,7 +35,7 @@ from .tiled_attention import (TiledAttentionCache, tiled_attention_backward,
 # From this many query positions on, mha_forward computes attention by tiles (tiled_attention.py:
 # the (T, S) scores are never formed); below it the plain attention is faster in NumPy
 # (python benchmarks/bench_tiled_attention.py measures the crossover on this machine).
-TILED_MIN_T = 192
+TILED_MIN_T = 256
 
 
 @functools.lru_cache(maxsize=64)
