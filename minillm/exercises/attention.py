@@ -5,6 +5,10 @@
     sdpa_forward      sdpa_forward(q, k, v, *, causal, ...)   softmax(q k^T / sqrt(hs) + mask) v
     mha_forward       mha_forward(x, c_attn_w, ..., n_head)   heads split by reshape and merged
     mha_backward      mha_backward(dout, cache)               the same plumbing in reverse
+
+(These two have as many key/value heads as query heads; grouped-query attention, the same two
+functions with ``n_kv_head`` < n_head, is in llama.py, notebook 16. minillm's MHACache already
+holds q, k, v with a group axis, of length 1 here: q (B, nh, 1, T, hs), k, v (B, nh, 1, S, hs).)
     sdpa_backward     sdpa_backward(dout, cache)              dq, dk, dv (notebook 06), dropout too
 
 Shape legend: B batch, T time (queries), S time of the keys, C channels, nh heads, hs head size
@@ -196,28 +200,28 @@ def _mha(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, split="right", merge
 @mistake("mha_forward", "split the heads with reshape (B, T, nh, hs) then transpose to "
                         "(B, nh, T, hs): a reshape straight to (B, nh, T, hs) mixes positions "
                         "and channels")
-def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None, train=False,
-      kv_cache=None, layer=0):
+def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+      dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     return _mha(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, split="no transpose")
 
 
 @mistake("mha_forward", "merge the heads back with transpose to (B, T, nh, hs) before the "
                         "reshape to (B, T, C)")
-def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None, train=False,
-      kv_cache=None, layer=0):
+def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+      dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     return _mha(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, merge="no transpose")
 
 
 @mistake("mha_forward", "c_attn's output is [q | k | v], each C wide: reshape it (B, T, 3, nh, "
                         "hs), not (B, T, nh, 3, hs)")
-def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None, train=False,
-      kv_cache=None, layer=0):
+def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+      dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     return _mha(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, split="interleaved")
 
 
 @mistake("mha_forward", "GPT's self-attention is causal: sdpa_forward(q, k, v, causal=True)")
-def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None, train=False,
-      kv_cache=None, layer=0):
+def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+      dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     return _mha(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, causal=False)
 
 
@@ -235,14 +239,14 @@ exercise("mha_backward", "multi-head attention's backward: the heads merged back
 
 def _mha_backward(dout, cache, heads="right", order="right"):
     B, T, C = dout.shape
-    nh, hs = cache.sdpa.q.shape[1], cache.sdpa.q.shape[3]
+    _, nh, _, _, hs = cache.sdpa.q.shape                             # (B, nh, 1, T, hs)
     dy, dc_proj_w, dc_proj_b = layers.linear_backward(dout, cache.c_proj)
     if heads == "no transpose":
-        dy = dy.reshape(B, nh, T, hs)
+        dy = dy.reshape(B, nh, 1, T, hs)
     else:
-        dy = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)
-    dq, dk, dv = attention.sdpa_backward(dy, cache.sdpa)           # (B, nh, T, hs) each
-    stacked = np.stack([dq, dk, dv])                                 # (3, B, nh, T, hs)
+        dy = dy.reshape(B, T, nh, 1, hs).transpose(0, 2, 3, 1, 4)
+    dq, dk, dv = attention.sdpa_backward(dy, cache.sdpa)           # (B, nh, 1, T, hs) each
+    stacked = np.stack([dq, dk, dv])[:, :, :, 0]                     # (3, B, nh, T, hs)
     if order == "interleaved":
         dqkv = stacked.transpose(1, 3, 2, 0, 4).reshape(B, T, 3 * C)
     else:
@@ -252,7 +256,8 @@ def _mha_backward(dout, cache, heads="right", order="right"):
 
 
 @mistake("mha_backward", "the gradient of the merged heads dy (B, T, C) splits like the forward "
-                         "split: reshape (B, T, nh, hs), then transpose to (B, nh, T, hs)")
+                         "split: reshape (B, T, nh, 1, hs), then transpose to (B, nh, 1, T, "
+                         "hs), the layout of cache.sdpa.q")
 def _(dout, cache):
     return _mha_backward(dout, cache, heads="no transpose")
 

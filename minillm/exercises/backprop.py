@@ -3,7 +3,7 @@
     linear_backward          dx, dweight, dbias of out = x @ weight + bias
     softmax_backward         dx = y * (dout - sum(dout * y))
     cross_entropy_backward   dlogits = (probs - onehot) / n, zero where the target is ignored
-    layernorm_backward       dx through the mean and rstd, dweight, dbias
+    layernorm_backward       dx through the mean and rstd, dweight, dbias (None without bias)
     gelu_backward            the literal GELU's derivative (the product rule, tanh')
     sdpa_backward            in attention.py, beside the attention's forward
 
@@ -208,13 +208,14 @@ def _(dloss, cache):
 # ----------------------------------------------------------------------------------------------
 
 def _layernorm_cases(rng):
-    def case(label, shape, eps=1e-5):
+    def case(label, shape, eps=1e-5, bias=True):
         C = shape[-1]
         return Case(label, dict(x=rng.normal(size=shape) * 2.0 + 0.5,
-                                weight=rng.normal(size=C) + 1.0, bias=rng.normal(size=C),
-                                eps=eps))
+                                weight=rng.normal(size=C) + 1.0,
+                                bias=rng.normal(size=C) if bias else None, eps=eps))
     return [case("(B, T, C)", (2, 3, 6)), case("T = 1, B = 1", (1, 1, 5)),
-            case("2-D input (N, C), eps = 0.1", (4, 3), eps=0.1)]
+            case("2-D input (N, C), eps = 0.1", (4, 3), eps=0.1),
+            case("no bias: dbias is None", (2, 2, 4), bias=False)]
 
 
 exercise("layernorm_backward", "LayerNorm's backward: dx through mean and rstd, dweight, dbias",
@@ -223,13 +224,13 @@ exercise("layernorm_backward", "LayerNorm's backward: dx through mean and rstd, 
 
 
 def _ln_backward(dout, cache, mean_g=True, mean_gx=True, inv_c=True, use_weight=True,
-                 times_rstd=True, use_xhat=True, axis=None):
-    x, weight, mean, rstd = cache
+                 times_rstd=True, use_xhat=True, axis=None, none_without_bias=True):
+    x, weight, mean, rstd, has_bias = cache
     xhat = (x - mean) * rstd
     C = x.shape[-1]
     flat = (lambda a: a.sum(axis=0)) if axis == 0 else (lambda a: a.reshape(-1, C).sum(axis=0))
     dweight = flat(dout * (xhat if use_xhat else x))
-    dbias = flat(dout)
+    dbias = flat(dout) if has_bias or not none_without_bias else None
     g = dout * weight if use_weight else dout
     k = 1.0 / C if inv_c else 1.0
     dx = g.copy()
@@ -277,6 +278,12 @@ def _(dout, cache):
                                "every position (reshape to (N, C))")
 def _(dout, cache):
     return _ln_backward(dout, cache, axis=0)
+
+
+@mistake("layernorm_backward", "a LayerNorm without bias (cache.has_bias False) returns dbias = "
+                               "None")
+def _(dout, cache):
+    return _ln_backward(dout, cache, none_without_bias=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -77,8 +77,9 @@ def _prepare(ex, case, seed, numerical=True):
 
         def call(fn):
             lead = copy.deepcopy([inputs[n] for n in ex.before])
+            trail = copy.deepcopy([inputs[n] for n in ex.after])
             return fn(*lead, dout.copy() if isinstance(dout, np.ndarray) else dout,
-                      copy.deepcopy(cache))
+                      copy.deepcopy(cache), *trail)
     elif ex.sweep:
         values = tuple(inputs[ex.sweep].tolist())
 

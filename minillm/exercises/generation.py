@@ -4,6 +4,10 @@
     mha_forward_kv_cache   mha_forward(..., kv_cache=..., layer=...)   one KV-cache decode step
     generate               generate(model, prompt_ids, max_new_tokens, ...)   the whole loop
 
+(Multi-head attention and learned positions, as in notebook 09: the cases have as many key/value
+heads as query heads, and generate recomputes the window; the rolling cache of rotary
+positions, ``rolling=True``, is notebook 16's.)
+
 A sampler is checked by its choices for 200 seeded draws (rng.random() is drawn once per
 token), so a filter that keeps a wrong set of tokens shows up as draws that differ.
 Shape legend: B batch, T new positions, S positions so far, C channels, nh heads, hs head size.
@@ -125,7 +129,7 @@ def _(logits, *, temperature=1.0, top_k=None, top_p=None, greedy=False, rng=None
 
 def _kv_cases(rng):
     def case(label, B, T, C, nh, cached, max_T=8, layer=1):
-        kv = attention.KVCache(n_layer=2, B=B, n_head=nh, max_T=max_T, head_size=C // nh,
+        kv = attention.KVCache(n_layer=2, B=B, n_kv_head=nh, max_T=max_T, head_size=C // nh,
                                dtype=np.float64)
         kv.k[:, :, :, :cached] = rng.normal(size=(2, B, nh, cached, C // nh))
         kv.v[:, :, :, :cached] = rng.normal(size=(2, B, nh, cached, C // nh))
@@ -178,29 +182,29 @@ def _decode(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, kv_cache, layer, 
 
 @mistake("mha_forward_kv_cache", "attend over all the keys so far: k, v = kv_cache.append(layer,"
                                  " k, v), then attention over (B, nh, S, hs)")
-def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None, train=False,
-      kv_cache=None, layer=0):
+def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+      dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     return _decode(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, kv_cache, layer,
                    append=False)
 
 
 @mistake("mha_forward_kv_cache", "the new positions go after the kv_cache.length held already, "
                                  "not at position 0")
-def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None, train=False,
-      kv_cache=None, layer=0):
+def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+      dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     return _decode(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, kv_cache, layer, at=0)
 
 
 @mistake("mha_forward_kv_cache", "each layer has its own slot in the cache: kv_cache.k[layer]")
-def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None, train=False,
-      kv_cache=None, layer=0):
+def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+      dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     return _decode(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, kv_cache, layer, which=0)
 
 
 @mistake("mha_forward_kv_cache", "mha_forward only appends: the model advances kv_cache.length "
                                  "once, after every layer has appended")
-def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, dropout=0.0, rng=None, train=False,
-      kv_cache=None, layer=0):
+def _(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
+      dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
     return _decode(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, kv_cache, layer,
                    advance=True)
 

@@ -21,9 +21,10 @@ exercises/README.md, shows a whole one)::
 Two kinds of exercise:
 
 * a gradient exercise (``forward`` given): ``fn(dout, cache)`` gets the cache of
-  ``forward(**case.inputs)`` and a random ``dout``; a returned value named ``"d" + name`` (or
-  mapped by ``wrt``) is compared with the numerical gradient of ``sum(out * dout)`` with
-  respect to input ``name``;
+  ``forward(**case.inputs)`` and a random ``dout`` (and the inputs named by ``before`` and
+  ``after`` around them: ``fn(self, dout, cache)``, ``fn(dout, cache, config)``); a returned
+  value named ``"d" + name`` (or mapped by ``wrt``) is compared with the numerical gradient of
+  ``sum(out * dout)`` with respect to input ``name``;
 * any other function: it is called as the reference would be (``fn(**case.inputs)``, keyword-
   only parameters by keyword), or by ``run(fn, inputs)`` for methods, in-place updates and
   generators, or once per element of the ``sweep`` input; its values are compared with the
@@ -61,6 +62,7 @@ class Exercise:
     forward: object = None      # gradient exercises: forward(**inputs) -> (out, cache)
     wrt: dict = None            # gradient name -> input name, or inputs -> array or dict of arrays
     before: tuple = ()          # inputs passed before (dout, cache): ("self",) for a method
+    after: tuple = ()           # inputs passed after (dout, cache): ("config",) for a block
     compare: tuple = None       # the returned values checked (default: all of them)
     run: object = None          # run(fn, inputs) -> what fn returns, or the values to compare
     sweep: str = None           # call fn once per element of this input; stack the numbers

@@ -5,6 +5,7 @@
     dropout_forward         dropout_forward(x, p, *, rng, train, mask)     inverted dropout
     lm_head_backward        lm_head_backward(dlogits, cache)               logits = x @ wte^T
     gpt_backward            GPT.backward(self, dout, cache)   the model's backward, tied wte
+                            (GPT-2's configuration: LayerNorm, GELU, tied head)
 
 The random draws are part of the contract: with the same rng the student's batch (or dropout
 mask) must be minillm's, so the docstrings say exactly which numbers are drawn.
@@ -250,7 +251,7 @@ def _gpt_backward(self, dout, cache, head=True, embedding=True, reverse=True, ln
         g["ln_f.weight"], g["ln_f.bias"] = layers.layernorm_backward(dx, cache.ln_f)[1:]
     order = range(self.config.n_layer)
     for i in (reversed(order) if reverse else order):
-        dx, grads = model.block_backward(dx, cache.h[i])
+        dx, grads = model.block_backward(dx, cache.h[i], self.config)
         g.update({f"h.{i}.{name}": grad for name, grad in grads.items()})
     dx = layers.dropout_backward(dx, cache.drop)
     if cache.wpe is not None:

@@ -161,12 +161,15 @@ def flatten(ex, outs, like):
 
 
 def float32_copy(v):
-    """v with every float64 array in it made float32: arrays, dicts, and minillm's own objects
-    (an optimizer, a KV cache) by their attributes."""
+    """v with every float64 array in it made float32: arrays, dicts, plain tuples (rotary
+    tables (cos, sin)), and minillm's own objects (an optimizer, a KV cache) by their
+    attributes."""
     if isinstance(v, np.ndarray):
         return v.astype(np.float32) if v.dtype == np.float64 else v
     if isinstance(v, dict):
         return {k: float32_copy(a) for k, a in v.items()}
+    if type(v) is tuple:
+        return tuple(float32_copy(a) for a in v)
     if type(v).__module__.startswith("minillm.") and hasattr(v, "__dict__"):
         v = copy.copy(v)
         v.__dict__.update({k: float32_copy(a) for k, a in vars(v).items()})
