@@ -39,21 +39,26 @@ TILED_MIN_T = 256
 
 
 @functools.lru_cache(maxsize=64)
-def causal_mask(T, S, dtype, keys_first=False):
+def causal_mask(T, S, dtype):
     """Additive mask (T, S): 0 where query i may look at key j, -inf where j is in its future.
 
     Query i sits at absolute position i + (S - T) (the last T of S positions), so it sees keys
-    j <= i + S - T. Adding the mask is cheaper than a ``np.where`` over the scores. With
-    ``keys_first`` the same (T, S) mask is a view of (S, T) memory, laid out like the scores of
-    ``sdpa_forward`` (adding arrays of two layouts is several times slower).
+    j <= i + S - T. Adding the mask is cheaper than a ``np.where`` over the scores.
 
     >>> causal_mask(2, 3, np.float32)
     array([[  0.,   0., -inf],
            [  0.,   0.,   0.]], dtype=float32)
     """
     mask = np.triu(np.full((T, S), -np.inf, dtype=dtype), k=1 + S - T)
-    if keys_first:
-        mask = np.ascontiguousarray(mask.T).T
+    mask.flags.writeable = False
+    return mask
+
+
+@functools.lru_cache(maxsize=64)
+def causal_mask_keys_first(T, S, dtype):
+    """``causal_mask(T, S, dtype)`` as a view of (S, T) memory, laid out like the scores of
+    ``sdpa_forward`` (adding arrays of two memory layouts is several times slower)."""
+    mask = np.ascontiguousarray(causal_mask(T, S, dtype).T).T
     mask.flags.writeable = False
     return mask
 
@@ -85,7 +90,7 @@ def sdpa_forward(q, k, v, *, causal=True, dropout=0.0, rng=None, train=False):
     # short inner one. ``att`` is a view; everything below reads it as (..., T, S).
     att = (k @ (q * scale).swapaxes(-1, -2)).swapaxes(-1, -2)      # (..., T, S)
     if causal:
-        att += causal_mask(q.shape[-2], k.shape[-2], att.dtype, keys_first=True)
+        att += causal_mask_keys_first(q.shape[-2], k.shape[-2], att.dtype)
     att, _ = softmax_forward(att, inplace=True)        # the layers' softmax, in the scores' array
     att_d, drop = dropout_forward(att, dropout, rng=rng, train=train)
     out = att_d @ v                                    # (..., T, hs)

@@ -23,10 +23,9 @@ import numpy as np
 
 from .attention import MHACache, mha_backward, mha_forward
 from .layers import (DropoutCache, GeluFusedCache, LinearCache, SiLUCache, dropout_backward,
-                     dropout_forward, gelu_fused_backward, gelu_fused_forward,
-                     layernorm_fused_backward, layernorm_fused_forward, linear_backward,
-                     linear_forward, rmsnorm_backward, rmsnorm_forward, silu_backward,
-                     silu_forward)
+                     dropout_forward, gelu_fused_backward, gelu_fused_forward, layernorm_backward,
+                     layernorm_forward, linear_backward, linear_forward, rmsnorm_backward,
+                     rmsnorm_forward, silu_backward, silu_forward)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,18 +116,17 @@ MLPS = {"gelu": (mlp_forward, mlp_backward), "swiglu": (swiglu_forward, swiglu_b
 
 def norm_forward(x, weight, bias, config):
     """LayerNorm (weight, bias or None) or RMSNorm (weight; bias must be None), as
-    ``config.norm`` says, with ``config.norm_eps``. x: (..., C) -> out: (..., C).
-    LayerNorm runs as ``layernorm_fused_forward``, its in-place twin (tested equal)."""
+    ``config.norm`` says, with ``config.norm_eps``. x: (..., C) -> out: (..., C)."""
     if config.norm == "rmsnorm":
         return rmsnorm_forward(x, weight, config.norm_eps)
-    return layernorm_fused_forward(x, weight, bias, config.norm_eps)    # = layernorm_forward
+    return layernorm_forward(x, weight, bias, config.norm_eps)
 
 
 def norm_backward(dout, cache, config):
     """dout: (..., C) -> dx, dweight, dbias (None for RMSNorm and a LayerNorm without bias)."""
     if config.norm == "rmsnorm":
         return (*rmsnorm_backward(dout, cache), None)
-    return layernorm_fused_backward(dout, cache)
+    return layernorm_backward(dout, cache)
 
 
 # ----------------------------------------------------------------------------------------------

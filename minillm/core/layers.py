@@ -263,55 +263,6 @@ def rmsnorm_backward(dout, cache):
     return dx, dweight
 
 
-# The same LayerNorm in fewer passes over memory, for the training path (tested equal): the
-# sums over C are products with a vector of ones (one BLAS call each), the normalised x is kept
-# for the backward pass instead of being recomputed, and the arithmetic is done in place.
-
-class LayerNormFusedCache(NamedTuple):
-    x: np.ndarray                # (..., C) the input (kept for readers: the residual stream)
-    xhat: np.ndarray             # (..., C) the normalised input (x - mean) * rstd
-    weight: np.ndarray           # (C,) the gain
-    rstd: np.ndarray             # (..., 1)
-    has_bias: bool
-
-
-def layernorm_fused_forward(x, weight, bias, eps=1e-5):
-    """layernorm_forward in fewer passes. x: (..., C) -> out: (..., C).
-
-    >>> x = np.random.default_rng(0).normal(size=(2, 3, 4))
-    >>> out, _ = layernorm_fused_forward(x, np.ones(4), np.zeros(4))
-    >>> bool(np.allclose(out, layernorm_forward(x, np.ones(4), np.zeros(4))[0]))
-    True
-    """
-    C = x.shape[-1]
-    ones = np.ones(C, dtype=x.dtype)
-    mean = (x @ ones)[..., None] * (1.0 / C)           # (..., 1)
-    xhat = x - mean                                    # (..., C) x - mean, then normalised below
-    var = np.einsum("...c,...c->...", xhat, xhat)[..., None] * (1.0 / C)   # (..., 1)
-    rstd = 1.0 / np.sqrt(var + eps)
-    xhat *= rstd
-    out = xhat * weight
-    if bias is not None:
-        out += bias
-    return out, LayerNormFusedCache(x, xhat, weight, rstd, bias is not None)
-
-
-def layernorm_fused_backward(dout, cache):
-    """layernorm_backward in fewer passes: dout (..., C) -> dx, dweight, dbias (None without)."""
-    _, xhat, weight, rstd, has_bias = cache
-    C = xhat.shape[-1]
-    flat_dout, flat_xhat = dout.reshape(-1, C), xhat.reshape(-1, C)     # (N, C)
-    dweight = np.einsum("nc,nc->c", flat_dout, flat_xhat)               # (C,)
-    dbias = column_sums(flat_dout) if has_bias else None                # (C,)
-    g = dout * weight                                                   # (..., C)
-    mean_g = (g @ np.ones(C, dtype=g.dtype))[..., None] * (1.0 / C)     # (..., 1)
-    mean_gx = np.einsum("...c,...c->...", g, xhat)[..., None] * (1.0 / C)
-    g -= mean_g
-    g -= xhat * mean_gx
-    g *= rstd
-    return g, dweight, dbias
-
-
 # ----------------------------------------------------------------------------------------------
 # GELU (GPT-2's tanh approximation)
 # ----------------------------------------------------------------------------------------------
