@@ -218,7 +218,7 @@ class MHACache(NamedTuple):
 
 
 def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
-                dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
+                dropout=0.0, rng=None, train=False, kv_cache=None, layer=0, last_only=False):
     """Causal multi-head self-attention; grouped-query with ``n_kv_head`` < n_head.
 
     x: (B, T, C); c_attn_w: (C, (nh + 2 nkv) hs) = [queries | keys | values] ((C, 3C) when
@@ -226,7 +226,8 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=
     or None; rope: (cos, sin) tables (T, hs) of these T positions (``rope_tables``), or None
     -> out: (B, T, C). ``cache.att`` holds the weights, (B, nh, T, S).
     With ``kv_cache`` the new keys and values are appended to those of earlier positions
-    (``layer`` says which layer's slot to use).
+    (``layer`` says which layer's slot to use). ``last_only`` (generation, the last block): keys
+    and values of all T positions, but only the last position's query -> out: (B, 1, C).
 
     >>> x = np.random.default_rng(0).normal(size=(2, 5, 8))
     >>> out, cache = mha_forward(x, np.eye(8, 24), np.zeros(24), np.eye(8), np.zeros(8), n_head=2)
@@ -249,6 +250,8 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=
         k, _ = rope_forward(k, *rope)                                  # queries and keys
     if kv_cache is not None:
         k, v = kv_cache.append(layer, k, v)                            # (B, nkv, S, hs)
+    if last_only:
+        q, T = q[:, :, -1:], 1                         # (B, nh, 1, hs): sees all S keys
     q = q.reshape(B, n_kv, n_head // n_kv, T, hs)                      # (B, nkv, g, T, hs)
     if T >= TILED_MIN_T and not (train and dropout > 0.0):           # long contexts: by tiles
         y, sdpa_cache = tiled_attention_forward(q, k[:, :, None], v[:, :, None])
