@@ -12,7 +12,8 @@ from run_all import execute, notebooks  # noqa: E402
 
 PATHS = notebooks()
 # notebooks whose point is a picture of attention weights (or other figures) must draw it
-MUST_DRAW = ("02_", "03_", "04_", "05_", "06_", "07_", "08_", "09_", "10_", "11_", "12_", "16_", "17_", "18_")
+MUST_DRAW = ("02_", "03_", "04_", "05_", "06_", "07_", "08_", "09_", "10_", "11_", "12_", "16_",
+             "17_", "18_")
 
 
 def test_the_series_is_complete():
