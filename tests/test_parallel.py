@@ -1,5 +1,7 @@
 """Data parallelism and gradient accumulation (minillm/training/parallel.py): the gradient of a
 sum is the sum of the gradients, so a batch split over threads gives the one-thread step."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,19 @@ def test_the_optimizer_and_clipping_share_their_keys_out_over_the_threads():
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers must be >= 1"):
         DataParallel(model(), 0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_threads_keep_the_callers_floating_point_error_handling(workers):
+    """np.errstate is not inherited by threads: DataParallel passes it on, so an overflow the
+    caller checks for itself stays quiet, and one it asks to raise does raise."""
+    m = model()
+    m.params["h.0.mlp.c_fc.weight"][...] = 1e300          # float64 overflow in the MLP
+    x, y = batch()
+    dp = DataParallel(m, workers=workers)
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        dp.loss_and_grads(x, y, train=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="ignore"):
+            dp.loss_and_grads(x, y, train=False)

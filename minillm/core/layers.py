@@ -305,7 +305,7 @@ def gelu_backward(dout, cache):
 # gelu_backward. tanh, not 1 / (1 + exp(-2z)): NumPy's float32 tanh is the faster kernel here
 # (benchmarks/bench_layers.py).
 
-GELU_A = -2.0 * GELU_SCALE              # constants of the backward: 2 dz/dx = -GELU_A - 3 GELU_B x^2
+GELU_A = -2.0 * GELU_SCALE              # the backward's constants: 2 dz/dx = -A - 3 B x^2
 GELU_B = -2.0 * GELU_SCALE * 0.044715
 
 

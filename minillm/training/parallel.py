@@ -101,10 +101,13 @@ class DataParallel:
         state = rng.bit_generator.state["state"]["state"]
         seeds = [[state, i] for i in range(len(shards))]
 
+        errors = np.geterr()               # the caller's np.errstate, which threads do not inherit
+
         def shard_step(args):
             (xs, ys), seed = args
-            loss, grads = self.model.loss_and_grads(xs, ys, train=train,
-                                                    rng=np.random.default_rng(seed))
+            with np.errstate(**errors):
+                loss, grads = self.model.loss_and_grads(xs, ys, train=train,
+                                                        rng=np.random.default_rng(seed))
             return loss, grads, kept_targets(ys)
 
         return weighted_sum(list(self.pool.map(shard_step, zip(shards, seeds))), self.run)
@@ -116,7 +119,12 @@ class DataParallel:
         (the optimizer's state is sharded across the threads, as ZeRO shards it across GPUs)."""
         if self.pool is None:
             return [fn(keys)]
-        return list(self.pool.map(fn, self.groups(tuple(keys))))
+        errors = np.geterr()
+
+        def in_errstate(group):
+            with np.errstate(**errors):
+                return fn(group)
+        return list(self.pool.map(in_errstate, self.groups(tuple(keys))))
 
     def groups(self, keys):
         """``keys`` in ``workers`` groups of about equal size, made once per set of keys."""
