@@ -126,6 +126,9 @@ def test_every_stub_has_the_signature_of_the_function_it_re_implements(path):
         mine = [(n, k, d.replace("np.", "") if d else d) for n, k, d in _parameters(fn)]
         theirs = [(n, k, d and d.replace("<class 'numpy.float32'>", "float32"))
                   for n, k, d in _reference_parameters(EXERCISES[name].reference)]
+        names = {n for n, _, _ in mine}
+        while theirs and theirs[-1][2] is not None and theirs[-1][0] not in names:
+            theirs.pop()          # a trailing option the exercise leaves out (see signature_hint)
         assert mine == theirs, name
         assert ast.get_docstring(fn), f"{name}: the stub has no docstring"
 

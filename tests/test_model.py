@@ -246,6 +246,24 @@ def test_kv_cache_forward_matches_full_forward_in_other_configurations(name):
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama", "ln-sin-swiglu-gqa-bias-untied"])
+@pytest.mark.parametrize("with_cache", [False, True])
+def test_last_only_is_the_last_row_of_the_full_forward(name, with_cache):
+    config = GPTConfig(**{**TINY, "block_size": 8, "n_head": 4, **CONFIGS.get(name, {})})
+    model = GPT(config, seed=0)
+    perturb(model, np.random.default_rng(1), 0.2)
+    idx, _ = tiny_batch(np.random.default_rng(0), B=2, T=7)
+    full = model.forward(idx)                                           # (B, T, V)
+    cache = model.new_kv_cache(batch_size=2) if with_cache else None
+    last, att = model.forward(idx, kv_cache=cache, last_only=True, return_attention=True)
+    assert last.shape == (2, 1, config.vocab_size) and att[-1].shape == (2, 4, 1, 7)
+    np.testing.assert_allclose(last, full[:, -1:], rtol=1e-12, atol=1e-12)
+    if with_cache:                                   # the last layer still cached every key
+        nxt = model.forward(idx[:, :1], kv_cache=cache)
+        np.testing.assert_allclose(nxt, model.forward(np.concatenate([idx, idx[:, :1]], 1))
+                                   [:, -1:], rtol=1e-12, atol=1e-12)
+
+
 def windows_recomputed(model, tokens):
     """Next-token logits after each prefix, the window recomputed from its last block_size."""
     W = model.config.block_size

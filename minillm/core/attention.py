@@ -28,6 +28,14 @@ import numpy as np
 from .layers import (DropoutCache, LinearCache, SoftmaxCache, dropout_backward, dropout_forward,
                      linear_backward, linear_forward, softmax_backward, softmax_forward)
 from .rope import rope_backward, rope_forward
+from .tiled_attention import (TiledAttentionCache, tiled_attention_backward,
+                              tiled_attention_forward)
+
+
+# From this many query positions on, mha_forward computes attention by tiles (tiled_attention.py:
+# the (T, S) scores are never formed); below it the plain attention is faster in NumPy
+# (python benchmarks/bench_tiled_attention.py measures the crossover on this machine).
+TILED_MIN_T = 256
 
 
 @functools.lru_cache(maxsize=64)
@@ -42,6 +50,15 @@ def causal_mask(T, S, dtype):
            [  0.,   0.,   0.]], dtype=float32)
     """
     mask = np.triu(np.full((T, S), -np.inf, dtype=dtype), k=1 + S - T)
+    mask.flags.writeable = False
+    return mask
+
+
+@functools.lru_cache(maxsize=64)
+def causal_mask_keys_first(T, S, dtype):
+    """``causal_mask(T, S, dtype)`` as a view of (S, T) memory, laid out like the scores of
+    ``sdpa_forward`` (adding arrays of two memory layouts is several times slower)."""
+    mask = np.ascontiguousarray(causal_mask(T, S, dtype).T).T
     mask.flags.writeable = False
     return mask
 
@@ -67,9 +84,13 @@ def sdpa_forward(q, k, v, *, causal=True, dropout=0.0, rng=None, train=False):
     ((1, 3, 4), (1, 3, 3))
     """
     scale = 1.0 / math.sqrt(q.shape[-1])
-    att = (q * scale) @ k.swapaxes(-1, -2)             # (..., T, S) the scores s = q.k / sqrt(hs)
+    # The scores s = q.k / sqrt(hs), (..., T, S). They are computed as (k q^T)^T: the same
+    # numbers, laid out in memory key by key, so that the softmax's sums and maxima over the
+    # keys run along memory's outer axis, which NumPy does several times faster than along a
+    # short inner one. ``att`` is a view; everything below reads it as (..., T, S).
+    att = (k @ (q * scale).swapaxes(-1, -2)).swapaxes(-1, -2)      # (..., T, S)
     if causal:
-        att += causal_mask(q.shape[-2], k.shape[-2], att.dtype)
+        att += causal_mask_keys_first(q.shape[-2], k.shape[-2], att.dtype)
     att, _ = softmax_forward(att, inplace=True)        # the layers' softmax, in the scores' array
     att_d, drop = dropout_forward(att, dropout, rng=rng, train=train)
     out = att_d @ v                                    # (..., T, hs)
@@ -86,7 +107,8 @@ def sdpa_backward(dout, cache):
     q, k, v, att, drop, scale = cache
     att_d = att if drop.mask is None else att * drop.mask
     dv = att_d.swapaxes(-1, -2) @ dout                 # (..., S, hs)
-    datt = dropout_backward(dout @ v.swapaxes(-1, -2), drop)  # (..., T, S)
+    datt = (v @ dout.swapaxes(-1, -2)).swapaxes(-1, -2)       # (..., T, S) laid out as att
+    datt = dropout_backward(datt, drop)
     ds = softmax_backward(datt, SoftmaxCache(att))
     ds *= scale
     dq = ds @ k                                        # (..., T, hs)
@@ -184,17 +206,19 @@ class MHACache(NamedTuple):
     c_attn: LinearCache          # x -> q, k, v
     rope: object                 # RoPECache (cos, sin (T, hs)) of q and k, None without RoPE
     sdpa: SDPACache              # q (B, nkv, g, T, hs); k, v (B, nkv, 1, S, hs)
+                                 # (a TiledAttentionCache from TILED_MIN_T positions on)
     c_proj: LinearCache          # heads side by side -> out
 
     @property
     def att(self):
         """The attention weights, (B, nh, T, S), head h = j * g + r for group j."""
-        B, nkv, g, T, S = self.sdpa.att.shape
-        return self.sdpa.att.reshape(B, nkv * g, T, S)
+        att = self.sdpa.att                            # (tiled: recomputed here)
+        B, nkv, g, T, S = att.shape
+        return att.reshape(B, nkv * g, T, S)
 
 
 def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
-                dropout=0.0, rng=None, train=False, kv_cache=None, layer=0):
+                dropout=0.0, rng=None, train=False, kv_cache=None, layer=0, last_only=False):
     """Causal multi-head self-attention; grouped-query with ``n_kv_head`` < n_head.
 
     x: (B, T, C); c_attn_w: (C, (nh + 2 nkv) hs) = [queries | keys | values] ((C, 3C) when
@@ -202,7 +226,8 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=
     or None; rope: (cos, sin) tables (T, hs) of these T positions (``rope_tables``), or None
     -> out: (B, T, C). ``cache.att`` holds the weights, (B, nh, T, S).
     With ``kv_cache`` the new keys and values are appended to those of earlier positions
-    (``layer`` says which layer's slot to use).
+    (``layer`` says which layer's slot to use). ``last_only`` (generation, the last block): keys
+    and values of all T positions, but only the last position's query -> out: (B, 1, C).
 
     >>> x = np.random.default_rng(0).normal(size=(2, 5, 8))
     >>> out, cache = mha_forward(x, np.eye(8, 24), np.zeros(24), np.eye(8), np.zeros(8), n_head=2)
@@ -225,9 +250,14 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=
         k, _ = rope_forward(k, *rope)                                  # queries and keys
     if kv_cache is not None:
         k, v = kv_cache.append(layer, k, v)                            # (B, nkv, S, hs)
+    if last_only:
+        q, T = q[:, :, -1:], 1                         # (B, nh, 1, hs): sees all S keys
     q = q.reshape(B, n_kv, n_head // n_kv, T, hs)                      # (B, nkv, g, T, hs)
-    y, sdpa_cache = sdpa_forward(q, k[:, :, None], v[:, :, None], causal=True, dropout=dropout,
-                                 rng=rng, train=train)                 # (B, nkv, g, T, hs)
+    if T >= TILED_MIN_T and not (train and dropout > 0.0):           # long contexts: by tiles
+        y, sdpa_cache = tiled_attention_forward(q, k[:, :, None], v[:, :, None])
+    else:
+        y, sdpa_cache = sdpa_forward(q, k[:, :, None], v[:, :, None], causal=True,
+                                     dropout=dropout, rng=rng, train=train)  # (B, nkv, g, T, hs)
     y = y.reshape(B, n_head, T, hs).transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side
     out, c_proj_cache = linear_forward(y, c_proj_w, c_proj_b)          # (B, T, C)
     return out, MHACache(c_attn_cache, rope_cache, sdpa_cache, c_proj_cache)
@@ -246,7 +276,9 @@ def mha_backward(dout, cache):
     n_head = n_kv * g
     dy, dc_proj_w, dc_proj_b = linear_backward(dout, cache.c_proj)     # (B, T, C)
     dy = dy.reshape(B, T, n_kv, g, hs).transpose(0, 2, 3, 1, 4)        # (B, nkv, g, T, hs)
-    dq, dk, dv = sdpa_backward(dy, cache.sdpa)                         # dk, dv (B, nkv, g, T, hs)
+    backward = tiled_attention_backward if isinstance(cache.sdpa, TiledAttentionCache) \
+        else sdpa_backward
+    dq, dk, dv = backward(dy, cache.sdpa)                              # dk, dv (B, nkv, g, T, hs)
     dq = dq.reshape(B, n_head, T, hs)
     dk, dv = sum_groups(dk), sum_groups(dv)                            # (B, nkv, T, hs)
     if cache.rope is not None:

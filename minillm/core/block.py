@@ -147,10 +147,12 @@ class BlockCache(NamedTuple):
         return self.attn.att
 
 
-def block_forward(x, p, config, *, rope=None, rng=None, train=False, kv_cache=None, layer=0):
+def block_forward(x, p, config, *, rope=None, rng=None, train=False, kv_cache=None, layer=0,
+                  last_only=False):
     """One pre-norm block. x: (B, T, C); p: the block's parameters; config: the GPTConfig (which
     norm, MLP, heads, dropout); rope: (cos, sin) tables (T, hs) with rotary positions
-    -> out: (B, T, C).
+    -> out: (B, T, C). ``last_only`` (generation, the last block): every position gives its key
+    and value, only the last goes on -> out: (B, 1, C).
 
     >>> from minillm.core.config import GPTConfig, block_param_shapes
     >>> config = GPTConfig(n_embd=8, n_head=2)
@@ -165,8 +167,10 @@ def block_forward(x, p, config, *, rope=None, rng=None, train=False, kv_cache=No
                                 p["attn.c_proj.weight"], p.get("attn.c_proj.bias"),
                                 config.n_head, n_kv_head=config.kv_heads, rope=rope,
                                 dropout=dropout, rng=rng, train=train, kv_cache=kv_cache,
-                                layer=layer)
+                                layer=layer, last_only=last_only)
     h, drop_1 = dropout_forward(h, dropout, rng=rng, train=train)
+    if last_only:
+        x = x[:, -1:]                                                  # (B, 1, C)
     x = x + h                                                  # residual
     h, ln_2_cache = norm_forward(x, p["ln_2.weight"], p.get("ln_2.bias"), config)
     h, mlp_cache = mlp_forward_(h, p["mlp.c_fc.weight"], p.get("mlp.c_fc.bias"),

@@ -192,7 +192,9 @@ class GPT:
         """The forward pass keeping every layer's cache: idx (B, T) -> logits (B, T, V), GPTCache.
 
         ``kv_cache`` (from ``new_kv_cache``) continues after the positions it holds; with
-        ``last_only`` (generation) only the last position goes through ln_f and the head. With
+        ``last_only`` (generation) only the last position goes through the last block's query,
+        output projection and MLP, ln_f and the head (every position still gives its keys and
+        values): logits (B, 1, V), the same numbers as the last row of the full forward. With
         ``lm_head=False`` the output is the final hidden state, ln_f's output (B, T, C), for a
         head of another kind on top (a classifier); ``backward`` then takes its gradient."""
         config, p = self.config, self.params
@@ -212,11 +214,11 @@ class GPT:
         x, drop_cache = dropout_forward(x, config.dropout, rng=rng, train=train)
         block_caches = []
         for i in range(config.n_layer):
+            last = last_only and i == config.n_layer - 1      # only the last position goes on
             x, block_cache = block_forward(x, self.block_params(i), config, rope=rope, rng=rng,
-                                           train=train, kv_cache=kv_cache, layer=i)
-            block_caches.append(block_cache)
-        if last_only:
-            x = x[:, -1:]                                                              # (B, 1, C)
+                                           train=train, kv_cache=kv_cache, layer=i,
+                                           last_only=last)
+            block_caches.append(block_cache)                  # x: (B, 1, C) after the last
         x, ln_f_cache = norm_forward(x, p["ln_f.weight"], p.get("ln_f.bias"), config)
         out, lm_head_cache = lm_head_forward(x, self.head_weight()) if lm_head else (x, None)
         if kv_cache is not None:

@@ -115,8 +115,12 @@ class AdamW:
         return cls(params, lr=config.learning_rate, betas=(config.beta1, config.beta2),
                    eps=config.eps, weight_decay=config.weight_decay, keys=keys)
 
-    def step(self, grads, lr=None):
-        """One AdamW update of every trainable param; ``lr`` overrides ``self.lr`` for this step."""
+    def step(self, grads, lr=None, run=None):
+        """One AdamW update of every trainable param; ``lr`` overrides ``self.lr`` for this step.
+
+        ``run(update, keys)`` (optional) says how to run ``update`` over the parameters' keys:
+        by default ``update(keys)``, one after the other; the data-parallel training loop
+        passes one that shares the keys out over its threads (``DataParallel.run``)."""
         for k in self.keys:
             if k not in grads:
                 raise ValueError(f"no gradient for param {k!r}")
@@ -128,20 +132,24 @@ class AdamW:
         self.t += 1
         step_size = lr / (1.0 - b1**self.t)  # lr / bias correction of m
         bc2_sqrt = math.sqrt(1.0 - b2**self.t)  # sqrt(v_hat) = sqrt(v) / bc2_sqrt
-        for k in self.keys:
-            p, g, m, v = self.params[k], grads[k], self.m[k], self.v[k]
-            if p.ndim >= 2 and self.weight_decay != 0.0:
-                p *= 1.0 - lr * self.weight_decay
-            m *= b1
-            m += (1.0 - b1) * g
-            v *= b2
-            v += (1.0 - b2) * (g * g)
-            update = np.sqrt(v)
-            update /= bc2_sqrt
-            update += self.eps  # update = sqrt(v_hat) + eps
-            np.divide(m, update, out=update)  # update = m / (sqrt(v_hat) + eps)
-            update *= step_size  # update = lr * m_hat / (sqrt(v_hat) + eps)
-            p -= update
+
+        def update(keys):
+            for k in keys:
+                p, g, m, v = self.params[k], grads[k], self.m[k], self.v[k]
+                if p.ndim >= 2 and self.weight_decay != 0.0:
+                    p *= 1.0 - lr * self.weight_decay
+                m *= b1
+                m += (1.0 - b1) * g
+                v *= b2
+                v += (1.0 - b2) * (g * g)
+                u = np.sqrt(v)
+                u /= bc2_sqrt
+                u += self.eps  # u = sqrt(v_hat) + eps
+                np.divide(m, u, out=u)  # u = m / (sqrt(v_hat) + eps)
+                u *= step_size  # u = lr * m_hat / (sqrt(v_hat) + eps)
+                p -= u
+
+        (run or one_after_another)(update, self.keys)
 
     def state_dict(self):
         """Copies of the state: ``{"t": int, "m": {key: array}, "v": {key: array}}``.
@@ -202,13 +210,18 @@ def lr_schedule(it, max_lr, min_lr, warmup_iters, decay_iters):
     return float(min_lr + coeff * (max_lr - min_lr))
 
 
-def clip_grad_norm(grads, max_norm):
+def one_after_another(fn, keys):
+    """The default ``run`` of AdamW.step and clip_grad_norm: [fn(keys)]."""
+    return [fn(keys)]
+
+
+def clip_grad_norm(grads, max_norm, run=None):
     """Scale all gradients in place so their global L2 norm is at most ~max_norm.
 
     Returns the norm before clipping as a Python float (summed in float64). A
     non-finite norm (inf/nan) is returned and the gradients are left untouched:
     the caller decides what to do (usually skip the step). ``max_norm=math.inf``
-    only measures the norm.
+    only measures the norm. ``run`` as for ``AdamW.step``.
 
     >>> g = {"a": np.array([3.0, 4.0])}
     >>> clip_grad_norm(g, 1.0), g["a"].round(3)
@@ -216,15 +229,23 @@ def clip_grad_norm(grads, max_norm):
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
-    total = 0.0
-    for g in grads.values():
-        g64 = g.astype(np.float64, copy=False)
-        total += float(np.vdot(g64, g64))  # sum of squares of all entries
-    norm = math.sqrt(total)
+    run = run or one_after_another
+
+    def sum_of_squares(keys):
+        total = 0.0
+        for k in keys:
+            g64 = grads[k].astype(np.float64, copy=False)
+            total += float(np.vdot(g64, g64))  # sum of squares of all entries
+        return total
+
+    def scale(keys):
+        for k in keys:
+            grads[k] *= coef
+
+    norm = math.sqrt(sum(run(sum_of_squares, list(grads))))
     if not math.isfinite(norm):
         return norm
     coef = float(max_norm) / (norm + 1e-6)
     if coef < 1.0:
-        for g in grads.values():
-            g *= coef
+        run(scale, list(grads))
     return norm

@@ -11,7 +11,9 @@ keys and values of earlier positions are kept, and each step feeds only the newe
 Once the context is longer than block_size the window slides by one token per step. With
 absolute positions (learned or sinusoidal) every position then shifts and the cached keys no
 longer hold, so by default each step recomputes the window of the last block_size tokens,
-exactly what generation without the cache does: both give the same tokens.
+exactly what generation without the cache does: both give the same tokens. Only the last
+position's logits are needed, so the last block runs its query, MLP and head for that one
+position (``last_only``), and the cache is dropped (it would be rebuilt at every step).
 
 Rolling (``rolling=True``, rotary positions only). A rotary key carries its own position and a
 score depends only on the distance between query and key, so the cache can keep the keys and
@@ -121,6 +123,5 @@ def generate(model, prompt_ids, max_new_tokens, *, temperature=1.0, top_k=None, 
             logits = model.forward(np.array([[token]]), kv_cache=kv_cache)[0, -1]   # 1 new position
         else:
             window = np.array([context[-block_size:]])                             # (1, T)
-            if kv_cache is not None:
-                kv_cache.length = 0                                            # positions shifted
-            logits = model.forward(window, kv_cache=kv_cache, last_only=True)[0, -1]
+            kv_cache = None                  # positions shift at every step from here on
+            logits = model.forward(window, last_only=True)[0, -1]

@@ -322,7 +322,7 @@ def _report(ex, fn, cases, runs, lines, errors, failed, failed32, first_bad, cra
         where = student_line(e.__traceback__)
         hints = hints or _diagnose(ex, prep, exc=e)   # the values say more than the crash
         if isinstance(e, TypeError):
-            hints += signature_hint(ex, fn)
+            hints += signature_hint(ex, fn, {n for c in _prepared(ex)[0] for n in c.inputs})
         lines.append(f"{BAD} {ex.name} raised {type(e).__name__}: {e}")
         if where:
             lines.append(f"    {where}")

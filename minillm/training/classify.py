@@ -158,9 +158,10 @@ class Classifier:
         return self.model.num_params() + sum(p.size for p in self.head.values()) + (
             self.lora.num_trainable() if self.lora else 0)
 
-    def loss_and_grads(self, rows, labels, rng=None):
+    def loss_and_grads(self, rows, labels, *, train=True, rng=None):
         """Mean cross-entropy of the training texts ``rows`` (B,) against ``labels`` (B,), and
-        the gradient of every array of ``params``."""
+        the gradient of every array of ``params`` (``train``: dropout on, as in training; the
+        signature of GPT.loss_and_grads, so data parallelism splits the rows like a batch)."""
         part, W, b = self.parts["train"], self.head[HEAD[0]], self.head[HEAD[1]]
         if self.trainable == "head":
             logits, linear_cache = linear_forward(self.features["train"][rows], W, b)   # (B, K)
@@ -169,10 +170,10 @@ class Classifier:
             T = int(lengths.max())
             if self.trainable == "top":
                 h, top_cache = top_forward(self.model, self.features["train"][rows, :T],
-                                           self.first, train=True, rng=rng)        # (B, T, C)
+                                           self.first, train=train, rng=rng)       # (B, T, C)
             else:
                 net, merge_caches = (self.lora.merged_view() if self.lora else (self.model, None))
-                h, gpt_cache = net.forward_with_cache(part.ids[rows, :T], train=True, rng=rng,
+                h, gpt_cache = net.forward_with_cache(part.ids[rows, :T], train=train, rng=rng,
                                                       lm_head=False)              # (B, T, C)
             logits, head_cache = classifier_head_forward(h, lengths, W, b, self.pool)
         loss, ce_cache = cross_entropy_forward(logits, labels)
@@ -226,10 +227,10 @@ class HeadAndBody:
         self.body = AdamW.from_config(params, optim_config, keys=body) if body else None
         self.head_scale = float(head_scale)
 
-    def step(self, grads, lr=None):
-        self.head.step(grads, lr=lr * self.head_scale)
+    def step(self, grads, lr=None, run=None):
+        self.head.step(grads, lr=lr * self.head_scale, run=run)
         if self.body is not None:
-            self.body.step(grads, lr=lr)
+            self.body.step(grads, lr=lr, run=run)
 
 
 def batch_sampler(part, batch_size):

@@ -58,6 +58,7 @@ from .classify import TRAINABLE, finetune_classifier
 from .data import load_text
 from .instruct import finetune_instruct
 from .labelled import KEEP
+from .parallel import grad_accum_field, workers_field
 from .train import check_memory, encode_splits, new_state, train_loop
 
 ADAPTERS = "adapters.safetensors"
@@ -159,6 +160,8 @@ class FinetuneConfig:
                 "models only)"})
     sample_tokens: int = field(default=200, metadata={
         "help": "tokens sampled at the end (0: none)", "min": 0})
+    workers: int = workers_field()
+    grad_accum_steps: int = grad_accum_field()
 
     def __post_init__(self):
         check_fields(self)

@@ -18,6 +18,7 @@ a folder that already holds a run unless told to resume or overwrite it, checks 
 run gets the data it was trained on, and refuses a model too large for the machine's memory
 before allocating it. Until the first save (the evaluation at iteration 0) nothing is written.
 """
+import contextlib
 import hashlib
 import math
 import os
@@ -38,6 +39,8 @@ from ..formats.checkpoint import (BEST, CHECKPOINT, TOKENIZER, load_checkpoint, 
 from ..formats.files import lock_folder
 from ..tokenizers import BPETokenizer, CharTokenizer
 from .data import DATASETS, get_batch, load_text, split
+from .parallel import (DataParallel, grad_accum_field, kept_targets, one_blas_thread,
+                       weighted_sum, workers_field)
 
 TOKENIZERS = ("char", "bpe")
 
@@ -72,6 +75,8 @@ class TrainConfig:
                 "reported)"})
     sample_tokens: int = field(default=300, metadata={
         "help": "tokens sampled at the end", "min": 0})
+    workers: int = workers_field()
+    grad_accum_steps: int = grad_accum_field()
 
     def __post_init__(self):
         check_fields(self)
@@ -215,17 +220,20 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
     """
     if block_size is None:
         block_size = model.config.block_size if hasattr(model, "config") else 0
+    workers, accum = run.workers, run.grad_accum_steps
+    stepper = DataParallel(model, workers)              # workers = 1: the model itself
     if next_batch is None:
         def next_batch(rng):
             return get_batch(splits["train"], block_size, run.batch_size, rng)
     if measure is None:
         def measure(it):
             rng = np.random.default_rng((run.seed, it))
-            return estimate_loss(model, splits, block_size=block_size,
+            return estimate_loss(stepper, splits, block_size=block_size,
                                  batch_size=run.batch_size, eval_iters=run.eval_iters, rng=rng)
     rng = rng_from_state(state["rng"])
     history = state["history"]
-    progress = progress or Progress(run.max_iters, run.batch_size * block_size, run.log_interval)
+    progress = progress or Progress(run.max_iters, accum * run.batch_size * block_size,
+                                    run.log_interval)
     first_it = state["iter"]
     saved_at = first_it if history["train"] or history["eval"] else None    # (a resumed run)
 
@@ -254,17 +262,20 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
         save(state)
         saved_at = it
 
-    with StopFlag() as stop:
+    with StopFlag() as stop, one_blas_thread() if workers > 1 else contextlib.nullcontext():
         it = state["iter"]
         while it < run.max_iters:
             evaluated = history["eval"] and history["eval"][-1][0] == it     # (a resumed run)
             if it % run.eval_interval == 0 and not evaluated:
                 checkpoint(it, best=evaluate(it))
             t0 = time.perf_counter()
-            x, y = next_batch(rng)
             with np.errstate(over="ignore", invalid="ignore"):     # checked just below
-                loss, grads = model.loss_and_grads(x, y, rng=rng)
-                norm = clip_grad_norm(grads, optim_config.grad_clip) \
+                shards = []
+                for _ in range(accum):                             # gradient accumulation
+                    x, y = next_batch(rng)
+                    shards.append((*stepper.loss_and_grads(x, y, rng=rng), kept_targets(y)))
+                loss, grads = weighted_sum(shards, stepper.run) if accum > 1 else shards[0][:2]
+                norm = clip_grad_norm(grads, optim_config.grad_clip, run=stepper.run) \
                     if optim_config.grad_clip > 0 else 0.0
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 what, value = ("the loss", loss) if not math.isfinite(loss) else \
@@ -272,7 +283,7 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
                 raise diverged(what, value, it, first_it, run.out_dir, saved_at)
             lr = lr_schedule(it, optim_config.learning_rate, optim_config.min_lr,
                              optim_config.warmup_iters, optim_config.lr_decay_iters)
-            optimizer.step(grads, lr=lr)
+            optimizer.step(grads, lr=lr, run=stepper.run)
             it += 1
             history["train"].append(loss)
             state["iter"], state["rng"] = it, rng_state(rng)
