@@ -83,5 +83,7 @@ def test_bad_input_names_the_problem():
         bigram_logprobs(np.array([0, 3]), 3)
     with pytest.raises(ValueError, match="integer"):
         unigram_logprobs(np.array([0.5, 1.0]), 3)
+    with pytest.raises(ValueError, match="alpha"):
+        bigram_logprobs(np.array([0, 1]), 2, alpha=-1.0)
     with pytest.raises(ValueError, match="nothing to predict"):
         counting_loss(unigram_logprobs(np.array([0, 1]), 2), np.array([1]))

@@ -30,6 +30,13 @@ def check_ids(ids, vocab_size, what):
     return ids
 
 
+def check_alpha(alpha, what):
+    """alpha as a float >= 0 (0: no smoothing), else a ValueError."""
+    if not alpha >= 0.0:
+        raise ValueError(f"{what}: alpha must be >= 0 (0 = no smoothing), got {alpha}")
+    return float(alpha)
+
+
 def unigram_logprobs(ids, vocab_size, alpha=1.0):
     """log P(token) (V,) counted on ids, add-alpha smoothed.
 
@@ -37,6 +44,7 @@ def unigram_logprobs(ids, vocab_size, alpha=1.0):
     [0.5, 0.333, 0.167]
     """
     ids = check_ids(ids, vocab_size, "unigram_logprobs")
+    alpha = check_alpha(alpha, "unigram_logprobs")
     counts = np.bincount(ids, minlength=vocab_size).astype(np.float64) + alpha
     with np.errstate(divide="ignore"):                # alpha = 0: unseen tokens get log 0
         return np.log(counts / counts.sum())
@@ -50,9 +58,10 @@ def bigram_logprobs(ids, vocab_size, alpha=1.0):
     [[0.0, 1.0], [1.0, 0.0]]
     """
     ids = check_ids(ids, vocab_size, "bigram_logprobs")
-    counts = np.zeros((vocab_size, vocab_size))                     # (V, V): row i, column j
-    np.add.at(counts, (ids[:-1], ids[1:]), 1.0)
-    counts += alpha
+    alpha = check_alpha(alpha, "bigram_logprobs")
+    pairs = ids[:-1] * vocab_size + ids[1:]                         # pair (i, j) -> i V + j
+    counts = np.bincount(pairs, minlength=vocab_size * vocab_size).astype(np.float64)
+    counts = counts.reshape(vocab_size, vocab_size) + alpha         # (V, V): row i, column j
     with np.errstate(divide="ignore", invalid="ignore"):   # alpha = 0: unseen pairs get log 0
         return np.log(counts / counts.sum(axis=1, keepdims=True))
 
