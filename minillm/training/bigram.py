@@ -86,8 +86,8 @@ def counting_loss(logprobs, ids):
 def text_loss(model, ids, block_size=None, batch_size=64):
     """The model's mean loss (nats) over every token of ids but the first, each predicted once:
     ids are cut into consecutive windows of block_size (default the model's) and each window
-    is read from its start, so a token sees 0 .. T-1 tokens of context. (``estimate_loss``
-    instead averages random full windows.)
+    is read from its start, so a prediction is made from 1 .. T tokens. (``estimate_loss``
+    instead averages random windows, some tokens twice and others not at all.)
 
     >>> from minillm import GPT, GPTConfig
     >>> model = GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4))
