@@ -38,7 +38,7 @@ from .training.labelled import map_chars
 from .training.malloc import keep_freed_memory
 from .training.tasks import write_tasks
 from .training.train import TrainConfig, TrainingDiverged, train
-from .training.viz import plot_confusion, plot_losses
+from .training.viz import plot_confusion, plot_health, plot_losses
 
 
 def _given(namespace, dest):
@@ -180,7 +180,11 @@ def cmd_train(args):
             print(f"continue with: python -m minillm train --resume --out-dir {run.out_dir}")
             return 0
         plot_losses(state["history"], Path(run.out_dir) / "loss.png")
-    print("\n" + describe_run(run.out_dir, state) + "\n  loss.png                the loss curves")
+        if run.health and state.get("health"):
+            plot_health(state["health"], Path(run.out_dir) / "health.png")
+    print("\n" + describe_run(run.out_dir, state) + "\n  loss.png                the loss curves"
+          + ("\n  health.png/.json        activations, gradients, updates per layer"
+             if run.health else ""))
     if run.sample_tokens > 0:
         print(f"--- a sample of {run.sample_tokens} tokens of the last state (temperature 0.8) ---")
         sample_text(result.model, result.tokenizer,

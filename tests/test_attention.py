@@ -9,8 +9,9 @@ absolute value, under "c_attn.bias (keys)".
 import numpy as np
 import pytest
 
-from minillm.core.attention import (KVCache, RollingKVCache, causal_mask, kv_cache_bytes,
-                                    mha_backward, mha_forward, sdpa_backward, sdpa_forward)
+from minillm.core.attention import (KVCache, RollingKVCache, causal_mask, head_mask_backward,
+                                    kv_cache_bytes, mha_backward, mha_forward, sdpa_backward,
+                                    sdpa_forward)
 from minillm.core.gradcheck import layer_grad_errors
 from minillm.core.layers import linear_backward, linear_forward
 from minillm.core.rope import rope_forward, rope_tables
@@ -264,3 +265,51 @@ def test_rolling_cache_keeps_the_last_positions(rng):
     with pytest.raises(ValueError, match="one position at a time"):
         cache.append(0, keys[:, :, :2], keys[:, :, :2])
     assert cache.rolling and not KVCache.rolling
+
+
+@pytest.mark.parametrize("n_kv_head", [None, 2])
+def test_head_mask(rng, n_kv_head):
+    """A head mask of ones changes nothing, bit for bit; a zero is the head's rows of c_proj
+    set to zero; the gradients (inputs, weights, and the mask itself) pass the check."""
+    B, T, C, nh = 2, 4, 8, 4
+    nkv = n_kv_head or nh
+    x = rng.normal(size=(B, T, C))
+    w = [rng.normal(scale=0.5, size=s) for s in [(C, (nh + 2 * nkv) * 2), ((nh + 2 * nkv) * 2,),
+                                                 (C, C), (C,)]]
+    plain, plain_cache = mha_forward(x, *w, n_head=nh, n_kv_head=n_kv_head)
+    ones, ones_cache = mha_forward(x, *w, n_head=nh, n_kv_head=n_kv_head, head_mask=np.ones(nh))
+    assert np.array_equal(plain, ones)
+    dout = rng.normal(size=plain.shape)
+    for a, b in zip(mha_backward(dout, plain_cache), mha_backward(dout, ones_cache)):
+        assert np.array_equal(a, b)
+    zeroed = w[2].copy()
+    zeroed[2:4] = 0.0                                   # head 1's rows of c_proj (hs = 2)
+    mask = np.array([1.0, 0.0, 1.0, 1.0])
+    assert np.allclose(mha_forward(x, *w, n_head=nh, n_kv_head=n_kv_head, head_mask=mask)[0],
+                       mha_forward(x, w[0], w[1], zeroed, w[3], n_head=nh, n_kv_head=n_kv_head)[0],
+                       rtol=0, atol=1e-14)
+    m = rng.uniform(0.5, 1.5, size=nh)
+
+    def forward(x, a, b, p, c, m):
+        return mha_forward(x, a, b, p, c, n_head=nh, n_kv_head=n_kv_head, head_mask=m)
+
+    def backward(dout, cache):
+        return (*mha_backward(dout, cache), head_mask_backward(dout, cache))
+
+    names = ["x", "c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias", "head_mask"]
+    errors = layer_grad_errors(forward, backward, [x, *w, m], rng, names=names)
+    errors.pop("c_attn.bias (keys)")              # (GPT-2's middle third: not GQA's keys)
+    assert_small(errors)
+
+
+def test_head_hook_sees_the_heads_and_has_no_backward(rng):
+    x = rng.normal(size=(1, 3, 8))
+    w = (np.eye(8, 24), np.zeros(24), np.eye(8), np.zeros(8))
+    seen = []
+    out, cache = mha_forward(x, *w, n_head=2, layer=5,
+                             head_hook=lambda layer, y: seen.append((layer, y.shape)) or 0 * y)
+    assert seen == [(5, (1, 3, 2, 4))] and np.array_equal(out, np.zeros_like(out))
+    with pytest.raises(ValueError, match="head_hook"):
+        mha_backward(np.ones_like(out), cache)
+    with pytest.raises(ValueError, match="head_mask"):
+        head_mask_backward(np.ones_like(out), mha_forward(x, *w, n_head=2)[1])

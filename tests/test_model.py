@@ -296,3 +296,43 @@ def test_rolling_cache_is_exact_with_one_layer_and_drifts_with_more(n_layer):
 def test_rolling_cache_needs_rotary_positions():
     with pytest.raises(ValueError, match="rolling KV cache needs rotary positions"):
         GPT(GPTConfig(**TINY)).new_kv_cache(rolling=True)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_head_mask_of_ones_changes_nothing_and_its_gradient_passes_the_check(name):
+    rng = np.random.default_rng(3)
+    config = GPTConfig(**{**TINY, "n_head": 4, **(CONFIGS["llama"] if name == "llama" else {})})
+    model = GPT(config, seed=1)
+    perturb(model, rng, 0.2)
+    idx, targets = tiny_batch(rng)
+    ones = np.ones((2, 4))
+    assert np.array_equal(model.forward(idx), model.forward(idx, head_mask=ones))
+    loss, grads = model.loss_and_grads(idx, targets, train=False)
+    loss1, grads1 = model.loss_and_grads(idx, targets, train=False, head_mask=ones)
+    assert loss == loss1 and set(grads1) == set(grads) | {"head_mask"}
+    assert all(np.array_equal(grads[k], grads1[k]) for k in grads)
+    mask = rng.uniform(0.5, 1.5, size=(2, 4))
+    _, grads = model.loss_and_grads(idx, targets, train=False, head_mask=mask)
+    errors = grad_errors(lambda: model.loss(idx, targets, head_mask=mask),
+                         {"head_mask": mask, "h.0.attn.c_attn.weight":
+                          model.params["h.0.attn.c_attn.weight"]}, grads)
+    assert max(errors.values()) < 1e-7, errors
+
+
+def test_zeroing_a_head_in_the_mask_removes_its_rows_of_c_proj():
+    rng = np.random.default_rng(4)
+    model = GPT(GPTConfig(**TINY), seed=1)
+    perturb(model, rng)
+    idx, _ = tiny_batch(rng)
+    mask = np.array([[1.0, 1.0], [0.0, 1.0]])                  # layer 1, head 0
+    masked = model.forward(idx, head_mask=mask)
+    model.params["h.1.attn.c_proj.weight"][:4] = 0.0           # hs = 4
+    assert np.allclose(masked, model.forward(idx), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mask, message", [(np.ones((2, 3)), "n_layer, n_head"),
+                                           (np.array([["a", "b"], ["c", "d"]]), "numbers")])
+def test_bad_head_mask(mask, message):
+    model = GPT(GPTConfig(**TINY))
+    with pytest.raises(ValueError, match=message):
+        model.forward(np.zeros((1, 3), dtype=int), head_mask=mask)

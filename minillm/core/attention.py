@@ -207,7 +207,10 @@ class MHACache(NamedTuple):
     rope: object                 # RoPECache (cos, sin (T, hs)) of q and k, None without RoPE
     sdpa: SDPACache              # q (B, nkv, g, T, hs); k, v (B, nkv, 1, S, hs)
                                  # (a TiledAttentionCache from TILED_MIN_T positions on)
-    c_proj: LinearCache          # heads side by side -> out
+    c_proj: LinearCache          # heads side by side (after the mask) -> out
+    head_mask: object = None     # (nh,) each head's factor, None without a head mask
+    heads: object = None         # (B, T, nh, hs) the heads' outputs before the mask (with one)
+    hooked: bool = False         # a head_hook saw (and may have changed) the heads' outputs
 
     @property
     def att(self):
@@ -218,7 +221,8 @@ class MHACache(NamedTuple):
 
 
 def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=None, rope=None,
-                dropout=0.0, rng=None, train=False, kv_cache=None, layer=0, last_only=False):
+                dropout=0.0, rng=None, train=False, kv_cache=None, layer=0, last_only=False,
+                head_mask=None, head_hook=None):
     """Causal multi-head self-attention; grouped-query with ``n_kv_head`` < n_head.
 
     x: (B, T, C); c_attn_w: (C, (nh + 2 nkv) hs) = [queries | keys | values] ((C, 3C) when
@@ -228,6 +232,12 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=
     With ``kv_cache`` the new keys and values are appended to those of earlier positions
     (``layer`` says which layer's slot to use). ``last_only`` (generation, the last block): keys
     and values of all T positions, but only the last position's query -> out: (B, 1, C).
+
+    For looking inside (minillm.interpret): ``head_mask`` (nh,) multiplies each head's output
+    y_h before c_proj, out = c_proj([m_0 y_0 | ... | m_nh-1 y_nh-1]) (ones change nothing, 0
+    removes a head; ``head_mask_backward`` gives its gradient). ``head_hook(layer, heads)``, if
+    given, sees the heads' outputs (B, T, nh, hs) after the mask and returns the ones to use
+    (to record, replace or patch them); it is for forward passes only.
 
     >>> x = np.random.default_rng(0).normal(size=(2, 5, 8))
     >>> out, cache = mha_forward(x, np.eye(8, 24), np.zeros(24), np.eye(8), np.zeros(8), n_head=2)
@@ -258,9 +268,17 @@ def mha_forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, *, n_kv_head=
     else:
         y, sdpa_cache = sdpa_forward(q, k[:, :, None], v[:, :, None], causal=True,
                                      dropout=dropout, rng=rng, train=train)  # (B, nkv, g, T, hs)
-    y = y.reshape(B, n_head, T, hs).transpose(0, 2, 1, 3).reshape(B, T, C)  # heads side by side
+    y = y.reshape(B, n_head, T, hs).transpose(0, 2, 1, 3)             # (B, T, nh, hs)
+    heads = None
+    if head_mask is not None:
+        head_mask = np.asarray(head_mask, dtype=y.dtype)               # (nh,)
+        heads, y = y, y * head_mask[:, None]                           # head h times m_h
+    if head_hook is not None:
+        y = head_hook(layer, y)                                        # (B, T, nh, hs)
+    y = y.reshape(B, T, C)                                             # heads side by side
     out, c_proj_cache = linear_forward(y, c_proj_w, c_proj_b)          # (B, T, C)
-    return out, MHACache(c_attn_cache, rope_cache, sdpa_cache, c_proj_cache)
+    return out, MHACache(c_attn_cache, rope_cache, sdpa_cache, c_proj_cache, head_mask, heads,
+                         head_hook is not None)
 
 
 def sum_groups(d):
@@ -270,11 +288,17 @@ def sum_groups(d):
 
 def mha_backward(dout, cache):
     """dout: (B, T, C) -> dx (B, T, C), dc_attn_w, dc_attn_b, dc_proj_w, dc_proj_b (the biases
-    None when the forward pass had none). Only for a forward pass without a KV cache."""
+    None when the forward pass had none). Only for a forward pass without a KV cache or head
+    hook; with a head mask, dy_h = m_h d(m_h y_h)."""
+    if cache.hooked:
+        raise ValueError("mha_backward: a head_hook changed this forward pass, which has no "
+                         "backward (use head_mask for gradients)")
     B, T, C = dout.shape
     _, n_kv, g, _, hs = cache.sdpa.q.shape
     n_head = n_kv * g
     dy, dc_proj_w, dc_proj_b = linear_backward(dout, cache.c_proj)     # (B, T, C)
+    if cache.head_mask is not None:
+        dy = dy.reshape(B, T, n_head, hs) * cache.head_mask[:, None]   # back through the mask
     dy = dy.reshape(B, T, n_kv, g, hs).transpose(0, 2, 3, 1, 4)        # (B, nkv, g, T, hs)
     backward = tiled_attention_backward if isinstance(cache.sdpa, TiledAttentionCache) \
         else sdpa_backward
@@ -290,3 +314,24 @@ def mha_backward(dout, cache):
     heads[:, n_head + n_kv:] = dv
     dx, dc_attn_w, dc_attn_b = linear_backward(dqkv.reshape(B, T, -1), cache.c_attn)
     return dx, dc_attn_w, dc_attn_b, dc_proj_w, dc_proj_b
+
+
+def head_mask_backward(dout, cache):
+    """The gradient of the head mask: dout (B, T, C) at the attention's output -> (nh,).
+
+    out = c_proj(u) with u_h = m_h y_h, so dm_h = sum over b, t, i of du[b, t, h, i] y_h[b, t, i]
+    with du = dout c_proj_w^T: how much the loss changes when head h is turned up a little
+    (Michel et al. 2019 use its size as the head's importance). Needs a forward pass with a
+    head mask (``cache.heads``).
+
+    >>> x = np.random.default_rng(0).normal(size=(1, 3, 4))
+    >>> out, cache = mha_forward(x, np.eye(4, 12), None, np.eye(4), None, n_head=2,
+    ...                          head_mask=np.ones(2))
+    >>> head_mask_backward(np.ones_like(out), cache).shape
+    (2,)
+    """
+    if cache.heads is None:
+        raise ValueError("head_mask_backward needs a forward pass with a head_mask")
+    B, T, n_head, hs = cache.heads.shape
+    du = (dout.reshape(B * T, -1) @ cache.c_proj.weight.T).reshape(B, T, n_head, hs)
+    return np.einsum("btni,btni->n", du, cache.heads)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .attention import MHACache, mha_backward, mha_forward
+from .attention import MHACache, head_mask_backward, mha_backward, mha_forward
 from .layers import (DropoutCache, GeluFusedCache, LinearCache, SiLUCache, dropout_backward,
                      dropout_forward, gelu_fused_backward, gelu_fused_forward, layernorm_backward,
                      layernorm_forward, linear_backward, linear_forward, rmsnorm_backward,
@@ -148,11 +148,12 @@ class BlockCache(NamedTuple):
 
 
 def block_forward(x, p, config, *, rope=None, rng=None, train=False, kv_cache=None, layer=0,
-                  last_only=False):
+                  last_only=False, head_mask=None, head_hook=None):
     """One pre-norm block. x: (B, T, C); p: the block's parameters; config: the GPTConfig (which
-    norm, MLP, heads, dropout); rope: (cos, sin) tables (T, hs) with rotary positions
-    -> out: (B, T, C). ``last_only`` (generation, the last block): every position gives its key
-    and value, only the last goes on -> out: (B, 1, C).
+    norm, MLP, heads, dropout); rope: (cos, sin) tables (T, hs) with rotary positions;
+    head_mask (nh,) and head_hook: as for ``mha_forward`` -> out: (B, T, C). ``last_only``
+    (generation, the last block): every position gives its key and value, only the last goes
+    on -> out: (B, 1, C).
 
     >>> from minillm.core.config import GPTConfig, block_param_shapes
     >>> config = GPTConfig(n_embd=8, n_head=2)
@@ -167,7 +168,8 @@ def block_forward(x, p, config, *, rope=None, rng=None, train=False, kv_cache=No
                                 p["attn.c_proj.weight"], p.get("attn.c_proj.bias"),
                                 config.n_head, n_kv_head=config.kv_heads, rope=rope,
                                 dropout=dropout, rng=rng, train=train, kv_cache=kv_cache,
-                                layer=layer, last_only=last_only)
+                                layer=layer, last_only=last_only, head_mask=head_mask,
+                                head_hook=head_hook)
     h, drop_1 = dropout_forward(h, dropout, rng=rng, train=train)
     if last_only:
         x = x[:, -1:]                                                  # (B, 1, C)
@@ -182,7 +184,8 @@ def block_forward(x, p, config, *, rope=None, rng=None, train=False, kv_cache=No
 
 def block_backward(dout, cache, config):
     """dout: (B, T, C) -> dx: (B, T, C) and a dict of gradients named like the parameters
-    (a bias the block does not have gets none).
+    (a bias the block does not have gets none), and "head_mask" (nh,) when the forward pass
+    had a head mask.
 
     The residual connections copy the gradient: it flows both into the branch and straight on.
     """
@@ -195,6 +198,8 @@ def block_backward(dout, cache, config):
     dh, g["ln_2.weight"], g["ln_2.bias"] = norm_backward(dh, cache.ln_2, config)
     dx = dx + dh                                               # through the first residual
     dh = dropout_backward(dx, cache.drop_1)
+    if cache.attn.head_mask is not None:
+        g["head_mask"] = head_mask_backward(dh, cache.attn)
     (dh, g["attn.c_attn.weight"], g["attn.c_attn.bias"],
      g["attn.c_proj.weight"], g["attn.c_proj.bias"]) = mha_backward(dh, cache.attn)
     dh, g["ln_1.weight"], g["ln_1.bias"] = norm_backward(dh, cache.ln_1, config)

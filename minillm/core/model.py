@@ -183,12 +183,24 @@ class GPT:
                              " (and is not -1, the ignored target)")
         return targets
 
+    def _check_head_mask(self, head_mask):
+        if head_mask is None:
+            return None
+        head_mask = np.asarray(head_mask)
+        shape = (self.config.n_layer, self.config.n_head)
+        if head_mask.shape != shape:
+            raise ValueError(f"head_mask must have shape (n_layer, n_head) = {shape}, got "
+                             f"{head_mask.shape}")
+        if head_mask.dtype.kind not in "biuf":
+            raise ValueError(f"head_mask must hold numbers, got dtype {head_mask.dtype}")
+        return head_mask
+
     # ------------------------------------------------------------------------------------------
     # Forward and backward
     # ------------------------------------------------------------------------------------------
 
     def forward_with_cache(self, idx, *, train=False, rng=None, kv_cache=None, last_only=False,
-                           lm_head=True):
+                           lm_head=True, head_mask=None, head_hook=None):
         """The forward pass keeping every layer's cache: idx (B, T) -> logits (B, T, V), GPTCache.
 
         ``kv_cache`` (from ``new_kv_cache``) continues after the positions it holds; with
@@ -196,10 +208,15 @@ class GPT:
         output projection and MLP, ln_f and the head (every position still gives its keys and
         values): logits (B, 1, V), the same numbers as the last row of the full forward. With
         ``lm_head=False`` the output is the final hidden state, ln_f's output (B, T, C), for a
-        head of another kind on top (a classifier); ``backward`` then takes its gradient."""
+        head of another kind on top (a classifier); ``backward`` then takes its gradient.
+        ``head_mask`` (n_layer, n_head) multiplies each head's output before c_proj (ones change
+        nothing, 0 removes the head; ``backward`` then also gives its gradient);
+        ``head_hook(layer, heads)`` sees and may replace the heads' outputs (B, T, nh, hs) of
+        every layer (forward only; see ``mha_forward`` and minillm.interpret)."""
         config, p = self.config, self.params
         start = 0 if kv_cache is None else kv_cache.length
         idx = self._check_idx(idx, start, rolling=kv_cache is not None and kv_cache.rolling)
+        head_mask = self._check_head_mask(head_mask)
         T = idx.shape[1]
         rng = self.rng if rng is None else rng
         x, wte_cache = embedding_forward(idx, p["wte.weight"])                         # (B, T, C)
@@ -217,7 +234,9 @@ class GPT:
             last = last_only and i == config.n_layer - 1      # only the last position goes on
             x, block_cache = block_forward(x, self.block_params(i), config, rope=rope, rng=rng,
                                            train=train, kv_cache=kv_cache, layer=i,
-                                           last_only=last)
+                                           last_only=last,
+                                           head_mask=None if head_mask is None else head_mask[i],
+                                           head_hook=head_hook)
             block_caches.append(block_cache)                  # x: (B, 1, C) after the last
         x, ln_f_cache = norm_forward(x, p["ln_f.weight"], p.get("ln_f.bias"), config)
         out, lm_head_cache = lm_head_forward(x, self.head_weight()) if lm_head else (x, None)
@@ -228,7 +247,9 @@ class GPT:
 
     def backward(self, dout, cache):
         """Gradients of every parameter from dlogits (B, T, V): the forward pass in reverse.
-        (From d(hidden) (B, T, C) if the forward pass ran with ``lm_head=False``.)"""
+        (From d(hidden) (B, T, C) if the forward pass ran with ``lm_head=False``.) After a
+        forward pass with a head mask the dict also holds "head_mask", its gradient
+        (n_layer, n_head)."""
         config, g = self.config, {}
         if cache.lm_head is not None:
             dx, dhead = lm_head_backward(dout, cache.lm_head)
@@ -247,29 +268,35 @@ class GPT:
         else:
             g["lm_head.weight"] = dhead if cache.lm_head is not None else \
                 np.zeros_like(self.params["lm_head.weight"])           # the head was not used
-        return {name: g[name] for name in self.params}
+        grads = {name: g[name] for name in self.params}
+        if "h.0.head_mask" in g:
+            grads["head_mask"] = np.stack([g[f"h.{i}.head_mask"] for i in range(config.n_layer)])
+        return grads
 
     def forward(self, idx, *, return_attention=False, train=False, rng=None, kv_cache=None,
-                last_only=False):
+                last_only=False, head_mask=None, head_hook=None):
         """idx: int (B, T) -> logits (B, T, V); with return_attention also a list holding one
         (B, nh, T, S) array of attention weights per layer (S = T without a KV cache).
-        ``kv_cache`` and ``last_only`` as for ``forward_with_cache``."""
+        ``kv_cache``, ``last_only``, ``head_mask`` and ``head_hook`` as for
+        ``forward_with_cache``."""
         logits, cache = self.forward_with_cache(idx, train=train, rng=rng, kv_cache=kv_cache,
-                                                last_only=last_only)
+                                                last_only=last_only, head_mask=head_mask,
+                                                head_hook=head_hook)
         return (logits, cache.att) if return_attention else logits
 
-    def loss_and_grads(self, idx, targets, *, train=True, rng=None):
+    def loss_and_grads(self, idx, targets, *, train=True, rng=None, head_mask=None):
         """Mean cross-entropy of targets (B, T) (-1 = ignored) and the gradient of every
-        parameter: a dict with exactly the keys and shapes of ``self.params``."""
-        logits, cache = self.forward_with_cache(idx, train=train, rng=rng)
+        parameter: a dict with exactly the keys and shapes of ``self.params`` (and
+        "head_mask" (n_layer, n_head), the gradient of the head mask, when one is given)."""
+        logits, cache = self.forward_with_cache(idx, train=train, rng=rng, head_mask=head_mask)
         targets = self._check_targets(targets, logits.shape[:2])
         loss, loss_cache = cross_entropy_forward(logits, targets)
         dlogits = cross_entropy_backward(1.0, loss_cache)
         return loss, self.backward(dlogits, cache)
 
-    def loss(self, idx, targets, *, train=False, rng=None):
+    def loss(self, idx, targets, *, train=False, rng=None, head_mask=None, head_hook=None):
         """Mean cross-entropy without gradients (evaluation mode, no dropout, unless train)."""
-        logits = self.forward(idx, train=train, rng=rng)
+        logits = self.forward(idx, train=train, rng=rng, head_mask=head_mask, head_hook=head_hook)
         return cross_entropy_forward(logits, self._check_targets(targets, logits.shape[:2]))[0]
 
     def head_weight(self):

@@ -20,6 +20,7 @@ before allocating it. Until the first save (the evaluation at iteration 0) nothi
 """
 import contextlib
 import hashlib
+import json
 import math
 import os
 import signal
@@ -36,8 +37,9 @@ from ..core.model import GPT
 from ..core.optim import AdamW, clip_grad_norm, lr_schedule
 from ..formats.checkpoint import (BEST, CHECKPOINT, TOKENIZER, load_checkpoint, run_files,
                                   save_checkpoint)
-from ..formats.files import lock_folder
+from ..formats.files import atomic_write_text, lock_folder
 from ..tokenizers import BPETokenizer, CharTokenizer
+from . import health as health_stats
 from .data import DATASETS, get_batch, load_text, split
 from .parallel import (DataParallel, grad_accum_field, kept_targets, one_blas_thread,
                        weighted_sum, workers_field)
@@ -77,6 +79,9 @@ class TrainConfig:
         "help": "tokens sampled at the end", "min": 0})
     workers: int = workers_field()
     grad_accum_steps: int = grad_accum_field()
+    health: bool = field(default=False, metadata={
+        "help": "at each evaluation, record per-layer statistics of activations, gradients and "
+                "update-to-weight ratios (health.json in out_dir, drawn as health.png)"})
 
     def __post_init__(self):
         check_fields(self)
@@ -194,7 +199,8 @@ def diverged(what, value, it, first_it, out_dir, saved_at):
 
 
 def train_loop(model, optimizer, splits, run, optim_config, state, save, progress=None,
-               block_size=None, save_best=None, next_batch=None, measure=None):
+               block_size=None, save_best=None, next_batch=None, measure=None,
+               health=False):
     """Run iterations state["iter"] .. run.max_iters - 1 of ``model`` (anything with
     ``loss_and_grads``/``loss``), saving with ``save(state)``.
 
@@ -217,6 +223,9 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
     The save policy: ``save(state)`` after every evaluation, on a stop request (Ctrl-C,
     SIGTERM) and at the end; before it, ``save_best(state)`` (if given) when the validation loss
     improved. A non-finite loss raises TrainingDiverged before anything is saved.
+
+    With ``health`` (a GPT), each evaluation iteration's step also appends a record of
+    activation, gradient and update statistics (minillm/training/health.py) to state["health"].
     """
     if block_size is None:
         block_size = model.config.block_size if hasattr(model, "config") else 0
@@ -283,7 +292,13 @@ def train_loop(model, optimizer, splits, run, optim_config, state, save, progres
                 raise diverged(what, value, it, first_it, run.out_dir, saved_at)
             lr = lr_schedule(it, optim_config.learning_rate, optim_config.min_lr,
                              optim_config.warmup_iters, optim_config.lr_decay_iters)
+            probe = health and it % run.eval_interval == 0
+            if probe:
+                record, before = health_stats.before_step(it, model, x, grads)
             optimizer.step(grads, lr=lr, run=stepper.run)
+            if probe:
+                state.setdefault("health", []).append(
+                    health_stats.after_step(record, before, model.params))
             it += 1
             history["train"].append(loss)
             state["iter"], state["rng"] = it, rng_state(rng)
@@ -467,11 +482,14 @@ def _train(run, model_config, optim_config, log):
         save_checkpoint(run.out_dir, model, tokenizer, optimizer=optimizer,
                         state={**state, "configs": configs})
         tokenizer.save(Path(run.out_dir) / TOKENIZER)
+        if run.health:
+            atomic_write_text(Path(run.out_dir) / health_stats.HEALTH,
+                              json.dumps(state.get("health", [])))
 
     def save_best(state):                # the model at the lowest validation loss
         save_checkpoint(run.out_dir, model, tokenizer, state={**state, "configs": configs},
                         name=BEST)
 
     state = train_loop(model, optimizer, splits, run, optim_config, state, save,
-                       save_best=save_best)
+                       save_best=save_best, health=run.health)
     return TrainResult(model, tokenizer, state)

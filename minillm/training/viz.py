@@ -3,7 +3,8 @@
     plot_losses(history, "loss.png")              train loss per iteration, train/val at evals
     plot_confusion(matrix, labels)                a classifier's confusion matrix, counts shown
     plot_attention(att, tokens)                   one (T, T) map with the tokens on both axes
-    plot_attention_grid(att, tokens)              (nh, T, T): one map per head, side by side
+    plot_attention_grid(att, tokens)              (nh, T, T): one map per head, a shared colorbar
+    plot_health(records, "health.png")            a run's --health records (training/health.py)
 
 Each function returns the matplotlib Figure, so notebooks show it and scripts can save it.
 """
@@ -97,8 +98,19 @@ def _show_tokens(tokens):
             for t in tokens]
 
 
-def plot_attention(att, tokens=None, ax=None, title=None, cmap="viridis", fontsize=8):
-    """att: (T, S) attention weights (row = query, column = key); tokens label the axes.
+def _tick_labels(ax, tokens, T, S, fontsize, every):
+    """Tokens on both axes, every ``every``-th one (all when the cells are large enough)."""
+    labels = _show_tokens(tokens)
+    cols, rows = range(0, S, every), range(0, T, every)
+    ax.set_xticks(cols, [labels[-S:][j] for j in cols], rotation=90, fontsize=fontsize)
+    ax.set_yticks(rows, [labels[-T:][i] for i in rows], fontsize=fontsize)
+
+
+def plot_attention(att, tokens=None, ax=None, title=None, cmap="viridis", fontsize=8,
+                   colorbar=None, every=1):
+    """att: (T, S) attention weights (row = query, column = key); tokens label the axes (every
+    ``every``-th one); ``colorbar`` (default: when the map gets its own figure) explains the
+    colours, 0 to 1.
 
     >>> fig = plot_attention(np.tril(np.ones((3, 3))) / np.arange(1, 4)[:, None], list("abc"))
     """
@@ -109,39 +121,108 @@ def plot_attention(att, tokens=None, ax=None, title=None, cmap="viridis", fontsi
                          "use plot_attention_grid for several heads")
     fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.5 + 0.3 * att.shape[1], 1.2 + 0.3 * att.shape[0]))
-    ax.imshow(att, cmap=cmap, vmin=0.0, vmax=1.0)
+        fig, ax = plt.subplots(figsize=(2.2 + 0.3 * att.shape[1], 1.2 + 0.3 * att.shape[0]),
+                               layout="constrained")
+    image = ax.imshow(att, cmap=cmap, vmin=0.0, vmax=1.0)
     if tokens is not None:
-        labels = _show_tokens(tokens)
-        ax.set_xticks(range(att.shape[1]), labels[-att.shape[1]:], rotation=90, fontsize=fontsize)
-        ax.set_yticks(range(att.shape[0]), labels[-att.shape[0]:], fontsize=fontsize)
-    ax.set_xlabel("key (attended to)")
-    ax.set_ylabel("query")
+        _tick_labels(ax, tokens, att.shape[0], att.shape[1], fontsize, every)
+    ax.set_xlabel("key (attended to)", fontsize=fontsize + 1)
+    ax.set_ylabel("query", fontsize=fontsize + 1)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=fontsize + 1)
+    if colorbar or (colorbar is None and fig is not None):
+        ax.figure.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
     return fig if fig is not None else ax.figure
 
 
 def plot_attention_grid(att, tokens=None, titles=None, ncols=None, cmap="viridis", size=None,
-                        fontsize=8):
-    """att: (n, T, S), e.g. the heads of one layer -> a grid of n maps.
+                        fontsize=None):
+    """att: (n, T, S), e.g. the heads of one layer -> a grid of n maps, at most 3 a row by
+    default, with one colorbar for all.
 
-    size: inches per map (default grows with S, at most 4.5); tokens label the outer maps only."""
+    size: inches per map (default grows with S, between 2.6 and 4.5). Tokens label the outer
+    maps only; the font follows the size of a cell, and when cells are too small for a
+    legible label only every k-th token is written."""
     plt = _pyplot()
     att = np.asarray(att)
     if att.ndim != 3:
         raise ValueError(f"plot_attention_grid needs (n, T, S) maps, got shape {att.shape}")
-    n = att.shape[0]
-    ncols = ncols or min(n, 4)
+    n, T, S = att.shape
+    ncols = ncols or min(n, 3)
     nrows = -(-n // ncols)
-    size = size or min(0.9 + 0.22 * att.shape[-1], 4.5)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    size = size or float(np.clip(1.2 + 0.12 * S, 2.6, 4.5))
+    cell = 72.0 * 0.8 * size / S                       # points per cell (the map is ~80%)
+    fontsize = fontsize or float(np.clip(0.9 * cell, 6.0, 9.0))
+    every = max(1, int(np.ceil(6.0 / cell)))           # a label needs about 6 points
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 1.0, size * nrows + 0.3),
+                             squeeze=False, layout="constrained")
     for i, ax in enumerate(axes.flat):
         if i < n:
             plot_attention(att[i], tokens, ax=ax, title=titles[i] if titles else f"head {i}",
-                           cmap=cmap, fontsize=fontsize)
+                           cmap=cmap, fontsize=fontsize, colorbar=False, every=every)
             ax.label_outer()             # tick labels once per row and column
         else:
             ax.axis("off")
-    fig.tight_layout()
+    fig.colorbar(axes.flat[0].images[0], ax=axes, shrink=min(1.0, 0.5 + 0.25 * nrows),
+                 label="attention weight")
+    return fig
+
+
+def _by_block(records, key):
+    """{label: [value per record]}: a weight statistic averaged over each block's matrices
+    ("block l"), the others (wte, wpe, lm_head) on their own."""
+    groups = {}
+    for name in records[0]["weights"]:
+        label = f"block {name.split('.')[1]}" if name.startswith("h.") else name
+        groups.setdefault(label, []).append(name)
+    def mean(values):                    # None: no update measured (a zero step)
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else np.nan
+
+    return {label: [mean([r["weights"][n][key] for n in names]) for r in records]
+            for label, names in groups.items()}
+
+
+def plot_health(records, path=None, title="training health"):
+    """records: a run's ``state["health"]`` (or health.json): one dict per evaluation with
+    "iter", "layers" (per block: resid_std, attn_entropy, mlp_flat) and "weights" (per matrix:
+    grad_ratio, update_ratio). Five panels, a marker at each measured iteration; the weight
+    statistics are averaged over each block's matrices."""
+    plt = _pyplot()
+    if not records:
+        raise ValueError("plot_health: no records (train with --health)")
+    its = [r["iter"] for r in records]
+    n_layer = len(records[0]["layers"])
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), layout="constrained")
+    layer_panels = [("resid_std", 1.0, "residual stream std after the block"),
+                    ("attn_entropy", 1.0, "mean attention entropy (nats)"),
+                    ("mlp_flat", 100.0, "MLP inputs below -3 (flat GELU), %")]
+    for ax, (key, scale, label) in zip(axes[0], layer_panels):
+        for l in range(n_layer):
+            ax.plot(its, [scale * r["layers"][l][key] for r in records], "o-", ms=3,
+                    label=f"block {l}")
+        ax.set_ylabel(label)
+        ax.ticklabel_format(axis="y", useOffset=False)
+    ax = axes[1, 0]
+    for label, values in _by_block(records, "grad_ratio").items():
+        ax.semilogy(its, values, "o-", ms=3, label=label)
+    ax.set_ylabel("std(grad) / std(weight)")
+    ax = axes[1, 1]
+    for label, values in _by_block(records, "update_ratio").items():
+        ax.plot(its, values, "o-", ms=3, label=label)
+    ax.axhline(-3.0, color="k", ls="--", lw=1.0, label="-3 (rule of thumb)")
+    ax.set_ylabel("log10 std(update) / std(weight)")
+    axes[1, 2].axis("off")
+    for ax in list(axes[0]) + list(axes[1, :2]):
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[1, 2].text(0.0, 0.9, "one marker per evaluation\n(statistics of that iteration's "
+                    "batch and step)\n\nweights: the mean over each block's\nmatrices "
+                    "(c_attn, c_proj, c_fc, mlp.c_proj)", va="top", fontsize=9)
+    fig.suptitle(title)
+    if path is not None:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, dpi=110, format=Path(path).suffix[1:] or "png")
+        plt.close(fig)
     return fig
