@@ -140,6 +140,10 @@ def test_scores_of_ideal_heads():
     assert previous_token_score(prev).tolist() == [1.0]
     assert induction_attention(prev, idx).tolist() == [0.0]
     assert induction_attention(induction, idx).tolist() == [1.0]
+    shifted = np.zeros((2, 1, T, T))                                       # one key further
+    shifted[:, 0, np.arange(T), [0, 1, 2, 3, 2, 3, 4, 5]] = 1.0
+    assert induction_attention(shifted, idx).tolist() == [0.0]
+    assert induction_attention(shifted, idx, offset=2).tolist() == [1.0]   # t = 4 .. 6
     second = np.broadcast_to(np.arange(T) >= 4, (2, T))
     assert previous_token_score(induction, second).tolist() == [0.0]
 

@@ -66,20 +66,22 @@ def previous_token_score(att, queries=None):
     return (a * q[:, None]).sum(axis=(0, 2)) / max(int(q.sum()), 1)
 
 
-def induction_attention(att, idx, queries=None):
-    """Mean a[t, p(t) + 1] over the queries t with an earlier occurrence p(t) of their token
-    (and where ``queries`` (B, T) is True): att (B, nh, T, T), idx (B, T) -> (nh,).
+def induction_attention(att, idx, queries=None, offset=1):
+    """Mean a[t, p(t) + offset] over the queries t with an earlier occurrence p(t) of their
+    token (and where ``queries`` (B, T) is True), counting only those with p(t) + offset <= t:
+    att (B, nh, T, T), idx (B, T) -> (nh,). offset 1 is the induction score; 2 scores a head
+    that looks one token further, at the token after the one to predict.
 
     >>> idx = np.array([[0, 1, 2, 0, 1, 2]])
     >>> att = np.zeros((1, 1, 6, 6)); att[0, 0, np.arange(6), [0, 0, 0, 1, 2, 3]] = 1.0
-    >>> induction_attention(att, idx).tolist()
-    [1.0]
+    >>> induction_attention(att, idx).tolist(), induction_attention(att, idx, offset=2).tolist()
+    ([1.0], [0.0])
     """
     p = previous_occurrence(idx)                                       # (B, T)
-    valid = p >= 0
+    valid = (p >= 0) & (p + offset <= np.arange(idx.shape[1]))
     if queries is not None:
         valid &= np.asarray(queries)
-    key = np.where(valid, p + 1, 0)                                    # p + 1 <= t always
+    key = np.where(valid, p + offset, 0)                               # p + offset <= t
     a = np.take_along_axis(att, key[:, None, :, None], axis=3)[..., 0]  # (B, nh, T)
     return (a * valid[:, None]).sum(axis=(0, 2)) / max(int(valid.sum()), 1)
 
