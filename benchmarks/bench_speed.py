@@ -22,9 +22,10 @@ What is timed, on the CPU "baby GPT" (4 layers, 4 heads, 128 channels, batch 12,
   bias=False (as nanoGPT ships).
 - sample: 500 new characters from a 1-character prompt (the window slides past the context of
   64 after 63 tokens) and 60 (inside the window, where minillm's KV cache applies; nanoGPT's
-  generate has none), greedy, one thread; tokens per second.
+  generate has none), greedy, with 1 and 2 threads (--threads); tokens per second.
 - gpt2: a GPT-2-124M-shaped model with random weights, an 8-token prompt, 100 greedy tokens:
-  the prompt's forward pass (prefill) and the mean decode step, reported apart.
+  the prompt's forward pass (prefill, the best of 3, since the first call also warms up) and
+  the median decode step, reported apart.
 - run: the train command's 2000 iterations (evaluation every 250 as the command does) against
   nanoGPT's loop for 2000 iterations with the same evaluation, wall time.
 """
@@ -144,20 +145,20 @@ def trained_minillm():
     return load_checkpoint(ROOT / "notebooks" / "models" / "shakespeare-char").model
 
 
-def work_sample_minillm(n, repeats=3):
+def work_sample_minillm(n, threads=1, repeats=3):
     from threadpoolctl import threadpool_limits
     from minillm import generate
     from minillm.training.malloc import keep_freed_memory
-    threadpool_limits(1)
+    threadpool_limits(threads)
     keep_freed_memory()                                # as python -m minillm sample does
     model = trained_minillm()
     best = min(timed(lambda: list(generate(model, [0], n, greedy=True))) for _ in range(repeats))
     return {"tok_s": n / best}
 
 
-def work_sample_peer(n, repeats=3):
+def work_sample_peer(n, threads=1, repeats=3):
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     model, name = peer_model(64, bias=True)
     model.eval()
     idx = torch.zeros((1, 1), dtype=torch.long)
@@ -184,10 +185,13 @@ def work_gpt2_minillm(n=100, threads=2):
     model = GPT(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768),
                 seed=0)
     prompt = np.array([[464, 2068, 7586, 21831, 18045, 625, 262, 16931]])
-    cache = model.new_kv_cache()
-    t0 = time.perf_counter()
-    logits = model.forward(prompt, kv_cache=cache, last_only=True)[0, -1]
-    prefill = time.perf_counter() - t0
+    prefills = []
+    for _ in range(3):                                 # the first call also pays for warming up
+        cache = model.new_kv_cache()
+        t0 = time.perf_counter()
+        logits = model.forward(prompt, kv_cache=cache, last_only=True)[0, -1]
+        prefills.append(time.perf_counter() - t0)
+    prefill = min(prefills)
     steps = []
     for _ in range(n - 1):
         token = sample_next(logits, greedy=True)
@@ -205,9 +209,12 @@ def work_gpt2_peer(n=100, threads=2):
     model.eval()
     prompt = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262, 16931]])
     with torch.no_grad():
-        t0 = time.perf_counter()
-        logits, _ = model(prompt)
-        prefill = time.perf_counter() - t0
+        prefills = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            logits, _ = model(prompt)
+            prefills.append(time.perf_counter() - t0)
+        prefill = min(prefills)
         idx, steps = prompt, []
         for _ in range(n - 1):       # nanoGPT has no KV cache: each step reruns the context
             idx = torch.cat([idx, logits[:, -1:].argmax(-1)], dim=1)
@@ -290,7 +297,7 @@ def alternate(pairs, rounds, key):
             result = measure(worker, **kwargs)
             values[label].append(result[key])
             if "peer" in result:
-                values["peer"] = result["peer"]
+                values["peer name"] = result["peer"]
     return values
 
 
@@ -314,7 +321,7 @@ def bench_train(args):
                 "peer, bias=False": ("train_peer", dict(T=T, threads=threads, steps=steps,
                                                         bias=False)),
             }, args.rounds, "ms")
-            peer = v.pop("peer")
+            peer = v.pop("peer name")
             print(f"training iteration, T={T}, {threads} thread(s), ms (median of "
                   f"{args.rounds} rounds); peer: {peer}")
             for label, xs in v.items():
@@ -324,20 +331,20 @@ def bench_train(args):
 
 
 def bench_sample(args):
-    for n in (500, 60):
-        v = alternate({"minillm": ("sample_minillm", dict(n=n)),
-                       "peer": ("sample_peer", dict(n=n))}, args.rounds, "tok_s")
-        peer = v.pop("peer")
-        print(f"sampling {n} tokens, greedy, 1 thread, tokens/s; peer: {peer}")
+    for n, threads in [(n, t) for n in (500, 60) for t in args.threads]:
+        v = alternate({"minillm": ("sample_minillm", dict(n=n, threads=threads)),
+                       "peer": ("sample_peer", dict(n=n, threads=threads))}, args.rounds, "tok_s")
+        peer = v.pop("peer name")
+        print(f"sampling {n} tokens, greedy, {threads} thread(s), tokens/s; peer: {peer}")
         print(f"  minillm {spread(v['minillm'])} | peer {spread(v['peer'])} | ratio minillm / "
               f"peer {median(v['minillm']) / median(v['peer']):.2f} (above 1: minillm faster)")
 
 
 def bench_gpt2(args):
-    for key, what in (("prefill_ms", "prefill of 8 tokens"), ("decode_ms", "decode step")):
+    for key, what in (("prefill_ms", "prefill of 8 tokens (best of 3)"), ("decode_ms", "decode step")):
         v = alternate({"minillm": ("gpt2_minillm", {}), "peer": ("gpt2_peer", {})},
                       max(2, args.rounds // 2), key)
-        peer = v.pop("peer")
+        peer = v.pop("peer name")
         print(f"GPT-2 124M shape, {what}, ms, 2 threads; peer: {peer} (no KV cache)")
         print(f"  minillm {spread(v['minillm'])} | peer {spread(v['peer'])} | ratio "
               f"{median(v['minillm']) / median(v['peer']):.2f}")
@@ -346,7 +353,7 @@ def bench_gpt2(args):
 def bench_run(args):
     v = alternate({"minillm": ("run_minillm", dict(iters=args.iters)),
                    "peer": ("run_peer", dict(iters=args.iters))}, max(1, args.rounds // 3), "s")
-    peer = v.pop("peer")
+    peer = v.pop("peer name")
     print(f"{args.iters}-iteration run, wall time in s; peer: {peer}")
     print(f"  minillm {spread(v['minillm'])} | peer {spread(v['peer'])} | ratio "
           f"{median(v['minillm']) / median(v['peer']):.2f}")

@@ -2,6 +2,7 @@
 
     python benchmarks/profile_step.py
     python benchmarks/profile_step.py --rows 12 --steps 40
+    python benchmarks/profile_step.py --T 256
 
 One BLAS thread (set here). ``train``: forward + backward of one shard as each data-parallel
 worker runs it (half of the batch of 12 by default: --rows 6). ``sample``: one forward pass of
@@ -64,13 +65,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=6, help="sequences of the training shard")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--T", type=int, default=64, help="context length of the training step")
     args = parser.parse_args()
     keep_freed_memory()
-    model = GPT(GPTConfig(vocab_size=65, block_size=64), seed=1337)
+    model = GPT(GPTConfig(vocab_size=65, block_size=args.T), seed=1337)
     rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 65, size=(args.rows, 64)), rng.integers(0, 65, size=(args.rows, 64))
+    x, y = (rng.integers(0, 65, size=(args.rows, args.T)) for _ in range(2))
     window = rng.integers(0, 65, size=(1, 64))
-    for what, fn in ((f"train: forward + backward of {args.rows} x 64",
+    for what, fn in ((f"train: forward + backward of {args.rows} x {args.T}",
                       lambda: model.loss_and_grads(x, y)),
                      ("sample: one 64-token window, last_only",
                       lambda: model.forward(window, last_only=True))):
