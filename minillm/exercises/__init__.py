@@ -23,6 +23,7 @@ exercises are defined by topic, in the order of the notebooks:
     generation.py     sampling filters, one KV-cache decode step, the generation loop
     formats.py        GPT-2's byte-to-character table, reading a safetensors file
     lora.py           the LoRA layer forward and backward, the merged weight's backward
+    classify.py       pooling a padded batch's hidden states for a classifier (notebook 14)
     llama.py          RMSNorm, SiLU, SwiGLU, the rotary tables and rotation, grouped-query
                       attention: each forward and backward (notebook 16)
 
@@ -32,7 +33,7 @@ True
 from .registry import EXERCISES, LOG_ENV, Case, CheckResult, Exercise, Mistake, exercise, mistake
 from .checker import check
 from . import tokenization, embeddings, attention, block, backprop  # noqa: F401 (registering)
-from . import optim, training, generation, formats, lora, llama  # noqa: F401
+from . import optim, training, generation, formats, lora, classify, llama  # noqa: F401
 
 __all__ = ["EXERCISES", "Case", "CheckResult", "Exercise", "Mistake", "check", "exercise",
            "mistake", "LOG_ENV"]
