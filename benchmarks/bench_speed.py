@@ -287,18 +287,20 @@ def measure(worker, **kwargs):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def alternate(pairs, rounds, key):
-    """pairs: {label: (worker, kwargs)} -> {label: [value per round]}, in alternating order."""
-    values = {label: [] for label in pairs}
+def alternate(pairs, rounds, *keys):
+    """pairs: {label: (worker, kwargs)} -> ({key: {label: [value per round]}}, the peer's name):
+    each worker runs once a round, in alternating order; one run gives every key."""
+    values = {key: {label: [] for label in pairs} for key in keys}
+    peer = None
     for r in range(rounds):
         order = list(pairs) if r % 2 == 0 else list(reversed(pairs))
         for label in order:
             worker, kwargs = pairs[label]
             result = measure(worker, **kwargs)
-            values[label].append(result[key])
-            if "peer" in result:
-                values["peer name"] = result["peer"]
-    return values
+            for key in keys:
+                values[key][label].append(result[key])
+            peer = result.get("peer", peer)
+    return values, peer
 
 
 def median(xs):
@@ -314,14 +316,14 @@ def bench_train(args):
     for T in args.T:
         for threads in args.threads:
             steps = args.steps if T <= 64 else max(20, args.steps // 3)
-            v = alternate({
+            v, peer = alternate({
                 "minillm": ("train_minillm", dict(T=T, threads=threads, steps=steps)),
                 "peer, bias=True": ("train_peer", dict(T=T, threads=threads, steps=steps,
                                                        bias=True)),
                 "peer, bias=False": ("train_peer", dict(T=T, threads=threads, steps=steps,
                                                         bias=False)),
             }, args.rounds, "ms")
-            peer = v.pop("peer name")
+            v = v["ms"]
             print(f"training iteration, T={T}, {threads} thread(s), ms (median of "
                   f"{args.rounds} rounds); peer: {peer}")
             for label, xs in v.items():
@@ -332,28 +334,29 @@ def bench_train(args):
 
 def bench_sample(args):
     for n, threads in [(n, t) for n in (500, 60) for t in args.threads]:
-        v = alternate({"minillm": ("sample_minillm", dict(n=n, threads=threads)),
+        v, peer = alternate({"minillm": ("sample_minillm", dict(n=n, threads=threads)),
                        "peer": ("sample_peer", dict(n=n, threads=threads))}, args.rounds, "tok_s")
-        peer = v.pop("peer name")
+        v = v["tok_s"]
         print(f"sampling {n} tokens, greedy, {threads} thread(s), tokens/s; peer: {peer}")
         print(f"  minillm {spread(v['minillm'])} | peer {spread(v['peer'])} | ratio minillm / "
               f"peer {median(v['minillm']) / median(v['peer']):.2f} (above 1: minillm faster)")
 
 
 def bench_gpt2(args):
-    for key, what in (("prefill_ms", "prefill of 8 tokens (best of 3)"), ("decode_ms", "decode step")):
-        v = alternate({"minillm": ("gpt2_minillm", {}), "peer": ("gpt2_peer", {})},
-                      max(2, args.rounds // 2), key)
-        peer = v.pop("peer name")
+    values, peer = alternate({"minillm": ("gpt2_minillm", {}), "peer": ("gpt2_peer", {})},
+                             max(2, args.rounds // 2), "prefill_ms", "decode_ms")
+    for key, what in (("prefill_ms", "prefill of 8 tokens (best of 3)"),
+                      ("decode_ms", "decode step")):
+        v = values[key]
         print(f"GPT-2 124M shape, {what}, ms, 2 threads; peer: {peer} (no KV cache)")
         print(f"  minillm {spread(v['minillm'])} | peer {spread(v['peer'])} | ratio "
               f"{median(v['minillm']) / median(v['peer']):.2f}")
 
 
 def bench_run(args):
-    v = alternate({"minillm": ("run_minillm", dict(iters=args.iters)),
+    v, peer = alternate({"minillm": ("run_minillm", dict(iters=args.iters)),
                    "peer": ("run_peer", dict(iters=args.iters))}, max(1, args.rounds // 3), "s")
-    peer = v.pop("peer name")
+    v = v["s"]
     print(f"{args.iters}-iteration run, wall time in s; peer: {peer}")
     print(f"  minillm {spread(v['minillm'])} | peer {spread(v['peer'])} | ratio "
           f"{median(v['minillm']) / median(v['peer']):.2f}")

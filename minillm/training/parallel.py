@@ -93,24 +93,34 @@ class DataParallel:
         """Mean loss of the whole batch and its gradients: the weighted sum of the shards'."""
         if self.pool is None:
             return self.model.loss_and_grads(x, y, train=train, rng=rng)
-        shards = [(xs, ys) for xs, ys in zip(np.array_split(x, self.workers),
-                                               np.array_split(y, self.workers)) if len(xs)]
+        shards = self.shards(x, y)
         rng = np.random.default_rng() if rng is None else rng
         # One generator a shard (for dropout), seeded from rng's state without drawing from it:
         # the batches that rng gives next are those of a one-thread run.
         state = rng.bit_generator.state["state"]["state"]
-        seeds = [[state, i] for i in range(len(shards))]
 
-        errors = np.geterr()               # the caller's np.errstate, which threads do not inherit
-
-        def shard_step(args):
-            (xs, ys), seed = args
-            with np.errstate(**errors):
-                loss, grads = self.model.loss_and_grads(xs, ys, train=train,
-                                                        rng=np.random.default_rng(seed))
+        def shard_step(i):
+            xs, ys = shards[i]
+            loss, grads = self.model.loss_and_grads(xs, ys, train=train,
+                                                    rng=np.random.default_rng([state, i]))
             return loss, grads, kept_targets(ys)
 
-        return weighted_sum(list(self.pool.map(shard_step, zip(shards, seeds))), self.run)
+        return weighted_sum(self.map(shard_step, range(len(shards))), self.run)
+
+    def shards(self, x, y):
+        """The batch (x, y) cut into up to ``workers`` shards of consecutive rows."""
+        return [(xs, ys) for xs, ys in zip(np.array_split(x, self.workers),
+                                           np.array_split(y, self.workers)) if len(xs)]
+
+    def map(self, fn, items):
+        """[fn(item) for item in items], one a thread, in the caller's np.errstate (which
+        threads do not inherit)."""
+        errors = np.geterr()
+
+        def in_errstate(item):
+            with np.errstate(**errors):
+                return fn(item)
+        return list(self.pool.map(in_errstate, items))
 
     def run(self, fn, keys):
         """``fn(group)`` for ``workers`` groups of ``keys`` of about equal size (in numbers),
@@ -119,12 +129,7 @@ class DataParallel:
         (the optimizer's state is sharded across the threads, as ZeRO shards it across GPUs)."""
         if self.pool is None:
             return [fn(keys)]
-        errors = np.geterr()
-
-        def in_errstate(group):
-            with np.errstate(**errors):
-                return fn(group)
-        return list(self.pool.map(in_errstate, self.groups(tuple(keys))))
+        return self.map(fn, self.groups(tuple(keys)))
 
     def groups(self, keys):
         """``keys`` in ``workers`` groups of about equal size, made once per set of keys."""
@@ -142,9 +147,7 @@ class DataParallel:
         """Mean loss of the batch (no gradients), its shards evaluated in parallel too."""
         if self.pool is None or train:
             return self.model.loss(x, y, train=train, rng=rng)
-        shards = [(xs, ys) for xs, ys in zip(np.array_split(x, self.workers),
-                                               np.array_split(y, self.workers)) if len(xs)]
-        losses = list(self.pool.map(lambda s: (self.model.loss(*s), kept_targets(s[1])), shards))
+        losses = self.map(lambda s: (self.model.loss(*s), kept_targets(s[1])), self.shards(x, y))
         n = sum(kept for _, kept in losses)
         return sum(loss * (kept / n) for loss, kept in losses)
 
